@@ -1,0 +1,233 @@
+"""The dedup buffer and its flusher (SPEC §6).
+
+Events merge into one `Delta` per (user, goal, period) of the current *generation*.
+A flush takes the whole generation, writes it in one transaction, and only then resolves
+the generation's future: durable gRPC acks and Kafka offset commits wait on it (group
+commit: every call of a generation shares one flush). While a generation is being
+written, the next one fills; when it is full too, callers wait (backpressure) instead
+of growing memory. A failed write is retried with backoff and never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.challenges import Goal
+from app.events import Event
+from app.progress import BufferKey, Delta, applies, period_of
+from tables.writer import Extra, TransientWriteError, Writer, WriteResult
+
+log = logging.getLogger(__name__)
+
+
+class BufferFull(Exception):
+    """The buffer stayed full (database not keeping up) for longer than the caller waits."""
+
+
+class Closed(Exception):
+    """The flusher is shut down and takes no more events."""
+
+
+@dataclass
+class Generation:
+    """Everything buffered between two flushes, and the future its writers wait on."""
+
+    deltas: dict[BufferKey, Delta] = field(default_factory=dict)
+    events: int = 0
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. Kafka positions
+
+    def add(self, event: Event, goals: Iterable[Goal]) -> int:
+        """Merge the event into its deltas; returns how many goals it moved."""
+        moved = 0
+        self.events += 1
+        deltas = self.deltas
+        for goal in goals:
+            if not applies(goal, event):
+                continue
+            period = period_of(goal, event.event_time)
+            key = (event.user_id, goal.goal_id, period[0] if period else None)
+            delta = deltas.get(key)
+            if delta is None:
+                delta = deltas[key] = Delta(
+                    goal, event.user_id, event.namespace, period, event.event_time
+                )
+            delta.add(event)
+            moved += 1
+        return moved
+
+
+FlushListener = Callable[[Generation, WriteResult, float], None]
+
+
+class Flusher:
+    """Owns the buffer generations and the flush loop."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        interval: float = 1.0,
+        max_size: int = 10_000,
+        extra_for: Callable[[Generation], Extra | None] | None = None,
+        on_flush: FlushListener | None = None,
+        on_retry: Callable[[BaseException, int], None] | None = None,
+        max_backoff: float = 5.0,
+    ):
+        self.writer = writer
+        self.interval = interval
+        self.max_size = max_size
+        self.extra_for = extra_for
+        self.on_flush = on_flush
+        self.on_retry = on_retry
+        self.max_backoff = max_backoff
+        self.current: Generation | None = None
+        self.flushing: Generation | None = None
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._closed = False
+        self.last_error: BaseException | None = None
+
+    # ---------------------------------------------------------------- intake
+
+    @property
+    def pending(self) -> int:
+        return len(self.current.deltas) if self.current else 0
+
+    def generation(self) -> Generation:
+        if self.current is None:
+            self.current = Generation()
+        return self.current
+
+    def try_add(self, event: Event, goals: Iterable[Goal]) -> tuple[Generation, int] | None:
+        """Add without waiting; None when the buffer is full."""
+        if self._closed:
+            raise Closed("flusher is closed")
+        if self.pending >= self.max_size:
+            self._wake.set()
+            return None
+        generation = self.generation()
+        moved = generation.add(event, goals)
+        if len(generation.deltas) >= self.max_size:
+            self._wake.set()
+        return generation, moved
+
+    async def add(
+        self, event: Event, goals: Iterable[Goal], *, timeout: float | None = None
+    ) -> tuple[Generation, int]:
+        """Add, waiting for space while the buffer is full (BufferFull after `timeout`)."""
+        goals = tuple(goals)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            added = self.try_add(event, goals)
+            if added is not None:
+                return added
+            self._space.clear()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise BufferFull("buffer full: database not keeping up")
+            try:
+                await asyncio.wait_for(self._space.wait(), remaining)
+            except TimeoutError:
+                raise BufferFull("buffer full: database not keeping up") from None
+
+    def request_flush(self) -> None:
+        self._wake.set()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="flusher")
+
+    async def close(self) -> None:
+        """Final flush of everything buffered, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        else:
+            await self._flush_all()
+        self._closed = True
+
+    async def flush_now(self) -> None:
+        """Flush everything buffered so far and wait for the commit (replay, tests)."""
+        generation = self.current
+        if generation is None:
+            return
+        if self._task is None:
+            await self._flush_all()
+        else:
+            self._wake.set()
+            await asyncio.shield(generation.done)
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            timeout = max(0.0, last + self.interval - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if self.current is not None:
+                await self._flush_generation()
+            last = time.monotonic()
+            if self._closing and self.current is None:
+                return
+
+    async def _flush_all(self) -> None:
+        while self.current is not None:
+            await self._flush_generation()
+
+    async def _flush_generation(self) -> None:
+        generation, self.current = self.current, None
+        self.flushing = generation
+        self._space.set()  # the next generation may fill while this one is written
+        deltas = list(generation.deltas.values())
+        extra = self.extra_for(generation) if self.extra_for else None
+        attempt = 0
+        started = time.perf_counter()
+        result = WriteResult()
+        while deltas or extra is not None:
+            try:
+                result = await self.writer.write(deltas, extra)
+                break
+            except TransientWriteError as exc:
+                attempt += 1
+                self.last_error = exc
+                if self.on_retry:
+                    self.on_retry(exc, attempt)
+                delay = min(self.max_backoff, 0.05 * 2**attempt)
+                log.warning(
+                    "flush failed, retrying",
+                    extra={
+                        "attempt": attempt,
+                        "retry_in_ms": int(delay * 1000),
+                        "error": str(exc)[:300],
+                        "rows": len(deltas),
+                    },
+                )
+                await asyncio.sleep(delay)
+            except Exception as exc:  # a bug: keep the data, keep retrying, shout
+                attempt += 1
+                self.last_error = exc
+                if self.on_retry:
+                    self.on_retry(exc, attempt)
+                log.exception("flush failed unexpectedly, retrying", extra={"attempt": attempt})
+                await asyncio.sleep(min(self.max_backoff, 0.05 * 2**attempt))
+        self.last_error = None
+        elapsed = time.perf_counter() - started
+        self.flushing = None
+        if self.on_flush:
+            self.on_flush(generation, result, elapsed)
+        if not generation.done.done():
+            generation.done.set_result(result)
+        self._space.set()

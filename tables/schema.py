@@ -1,0 +1,111 @@
+"""SQLAlchemy tables: the shared user_goal_progress table (SPEC §5.1, identical to the
+backend's) and the service's own bookkeeping tables. One source for Alembic and tests."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+user_goal_progress = Table(
+    "user_goal_progress",
+    metadata,
+    Column("user_id", String(100), nullable=False),
+    Column("goal_id", String(100), nullable=False),
+    Column("challenge_id", String(100), nullable=False),
+    Column("namespace", String(100), nullable=False),
+    Column("progress", Integer, nullable=False, server_default=text("0")),
+    Column("status", String(20), nullable=False, server_default=text("'not_started'")),
+    Column("completed_at", DateTime, nullable=True),
+    Column("claimed_at", DateTime, nullable=True),
+    Column("created_at", DateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    Column("updated_at", DateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    Column("is_active", Boolean, nullable=False, server_default=text("true")),
+    Column("assigned_at", DateTime, nullable=True),
+    Column("expires_at", DateTime, nullable=True),
+    Column("baseline_value", Integer, nullable=True),
+    PrimaryKeyConstraint("user_id", "goal_id", name="user_goal_progress_pkey"),
+    CheckConstraint(
+        "status IN ('not_started', 'in_progress', 'completed', 'claimed')", name="check_status"
+    ),
+    CheckConstraint("progress >= 0", name="check_progress_non_negative"),
+    CheckConstraint(
+        "claimed_at IS NULL OR completed_at IS NOT NULL", name="check_claimed_implies_completed"
+    ),
+)
+
+Index(
+    "idx_user_goal_progress_user_challenge",
+    user_goal_progress.c.user_id,
+    user_goal_progress.c.challenge_id,
+)
+Index(
+    "idx_user_goal_progress_user_active",
+    user_goal_progress.c.user_id,
+    user_goal_progress.c.is_active,
+    postgresql_where=user_goal_progress.c.is_active,
+    sqlite_where=user_goal_progress.c.is_active,
+)
+Index("idx_user_goal_progress_user_id", user_goal_progress.c.user_id)
+Index(
+    "idx_user_goal_progress_user_goal", user_goal_progress.c.user_id, user_goal_progress.c.goal_id
+)
+Index(
+    "idx_user_goal_progress_user_active_only",
+    user_goal_progress.c.user_id,
+    postgresql_where=user_goal_progress.c.is_active,
+    sqlite_where=user_goal_progress.c.is_active,
+)
+
+# The UTC day (00:00) of the last day an increment+daily goal was counted for a user.
+# Kept here, not inferred from updated_at (which the backend also bumps).
+challenge_daily_marks = Table(
+    "challenge_daily_marks",
+    metadata,
+    Column("user_id", String(100), nullable=False),
+    Column("goal_id", String(100), nullable=False),
+    Column("day", DateTime, nullable=False),
+    PrimaryKeyConstraint("user_id", "goal_id", name="challenge_daily_marks_pkey"),
+)
+
+# Kafka mode: per consumer group and repartition partition, the next offset to read and
+# the highest source offset applied per source partition, committed in the same
+# transaction as the rows they produced (exactly-once effect).
+challenge_consumer_offsets = Table(
+    "challenge_consumer_offsets",
+    metadata,
+    Column("consumer_group", String(200), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("next_offset", BigInteger, nullable=False),
+    PrimaryKeyConstraint(
+        "consumer_group", "topic", "partition", name="challenge_consumer_offsets_pkey"
+    ),
+)
+
+# Rows the database refused even in isolation (poison), kept for an operator.
+challenge_dead_letters = Table(
+    "challenge_dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    Column("source", String(50), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("goal_id", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+)

@@ -1,0 +1,242 @@
+"""Writes one flush of buffered deltas in one transaction (SPEC §5.2).
+
+- Deltas for the same (user, goal) but different periods (a replay spanning days) go
+  in successive rounds, oldest period first; each round is written in key order, one
+  statement per `DB_BATCH_SIZE` rows.
+- Extra work (Kafka offsets) joins the same transaction through `extra`.
+- A statement that fails because of the data (a poison row) makes the writer roll back
+  and redo the flush with each chunk in a savepoint, bisecting failing chunks down to
+  the single rows to dead-letter; everything else still commits.
+- A transient failure (database down, deadlock) is raised as `TransientWriteError`; the
+  caller keeps the batch and retries it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.progress import Delta
+from tables.db import is_transient
+from tables.merge_sql import SOURCE_COLUMNS, build_statements
+from tables.schema import challenge_dead_letters
+
+log = logging.getLogger(__name__)
+
+Extra = Callable[[AsyncConnection], Awaitable[None]]
+
+
+class TransientWriteError(Exception):
+    """The batch could not be written now; nothing was committed; retry it."""
+
+
+@dataclass
+class WriteResult:
+    rows: int = 0  # deltas offered
+    updated: int = 0
+    inserted: int = 0
+    missing: int = 0  # ASSIGNMENT_MODE=required: no row to update
+    statements: int = 0
+    poisoned: list[tuple[Delta, str]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Guarded out: inactive, claimed, stale period, already counted today."""
+        return self.rows - self.updated - self.inserted - self.missing - len(self.poisoned)
+
+
+class _Poison(Exception):
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def rounds_of(deltas: Sequence[Delta]) -> list[list[Delta]]:
+    """Split so each round holds one delta per (user, goal), in period order."""
+    ordered = sorted(
+        deltas, key=lambda d: (d.user_id, d.goal.goal_id, d.period_start or datetime.min)
+    )
+    rounds: list[list[Delta]] = []
+    previous: tuple[str, str] | None = None
+    depth = 0
+    for delta in ordered:
+        key = (delta.user_id, delta.goal.goal_id)
+        depth = depth + 1 if key == previous else 0
+        previous = key
+        if depth == len(rounds):
+            rounds.append([])
+        rounds[depth].append(delta)
+    return rounds
+
+
+def _sqlite_time(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _steps_json(delta: Delta) -> str:
+    return orjson.dumps([[level, _sqlite_time(moment)] for level, moment in delta.steps]).decode()
+
+
+def _source_row(delta: Delta) -> tuple:
+    goal = delta.goal
+    rotation = goal.rotation
+    return (
+        delta.user_id,
+        goal.goal_id,
+        goal.challenge_id,
+        delta.namespace,
+        int(delta.family),
+        goal.target,
+        int(goal.relative),
+        int(rotation is not None),
+        int(rotation is not None and rotation.reset_progress),
+        int(rotation is not None and rotation.allow_reselection),
+        delta.amount,
+        delta.value,
+        delta.first_base,
+        delta.first_time,
+        delta.last_time,
+        delta.period_start,
+        delta.period_end,
+        _steps_json(delta),
+    )
+
+
+_TIME_COLUMNS = [i for i, (_, sqltype) in enumerate(SOURCE_COLUMNS) if sqltype == "timestamp"]
+
+
+class Writer:
+    def __init__(
+        self, engine: AsyncEngine, *, batch_size: int = 1000, assignment_mode: str = "auto"
+    ):
+        self.engine = engine
+        self.batch_size = batch_size
+        self.dialect = engine.dialect.name
+        self.statements = build_statements(self.dialect, assignment_mode)
+
+    async def write(
+        self, deltas: Sequence[Delta], extra: Extra | None = None, *, source: str = "flush"
+    ) -> WriteResult:
+        """Commit every delta (or dead-letter the poison ones) plus `extra`, atomically."""
+        rounds = rounds_of(deltas)
+        try:
+            return await self._transaction(rounds, extra, isolate=False, source=source)
+        except _Poison as poison:
+            log.warning(
+                "batch refused by the database, isolating bad rows",
+                extra={"error": str(poison.cause)[:500], "rows": len(deltas)},
+            )
+        return await self._transaction(rounds, extra, isolate=True, source=source)
+
+    async def _transaction(
+        self, rounds: list[list[Delta]], extra: Extra | None, *, isolate: bool, source: str
+    ) -> WriteResult:
+        result = WriteResult(rows=sum(len(r) for r in rounds))
+        try:
+            async with self.engine.begin() as conn:
+                for round_deltas in rounds:
+                    for start in range(0, len(round_deltas), self.batch_size):
+                        chunk = round_deltas[start : start + self.batch_size]
+                        if isolate:
+                            await self._isolating(conn, chunk, result)
+                        else:
+                            await self._chunk(conn, chunk, result)
+                if result.poisoned:
+                    await conn.execute(
+                        insert(challenge_dead_letters),
+                        [
+                            {
+                                "source": source,
+                                "user_id": d.user_id,
+                                "goal_id": d.goal.goal_id,
+                                "reason": reason[:2000],
+                                "payload": repr(d),
+                            }
+                            for d, reason in result.poisoned
+                        ],
+                    )
+                if extra is not None:
+                    await extra(conn)
+        except _Poison:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise TransientWriteError(str(exc)) from exc
+            if isolate:
+                raise  # not a row's fault and not transient: a bug; surface it
+            raise _Poison(exc) from exc
+        return result
+
+    async def _isolating(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult):
+        try:
+            async with conn.begin_nested():
+                await self._chunk(conn, chunk, result)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if len(chunk) == 1:
+                result.poisoned.append((chunk[0], str(getattr(exc, "orig", exc))))
+                return
+            middle = len(chunk) // 2
+            await self._isolating(conn, chunk[:middle], result)
+            await self._isolating(conn, chunk[middle:], result)
+
+    async def _chunk(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult):
+        rows = [_source_row(d) for d in chunk]
+        if self.statements.postgres is not None:
+            await self._postgres(conn, chunk, rows, result)
+        else:
+            await self._sqlite(conn, rows, result)
+
+    async def _postgres(self, conn, chunk: list[Delta], rows: list[tuple], result: WriteResult):
+        by_key = {d.key: d for d in chunk}
+        for _attempt in range(5):
+            params = {name: [row[i] for row in rows] for i, (name, _) in enumerate(SOURCE_COLUMNS)}
+            reported = (await conn.execute(text(self.statements.postgres), params)).all()
+            result.statements += 1
+            raced: list[Delta] = []
+            for tag, user_id, goal_id in reported:
+                if tag == "u":
+                    result.updated += 1
+                elif tag == "i":
+                    result.inserted += 1
+                elif tag == "m":
+                    result.missing += 1
+                else:
+                    raced.append(by_key[(user_id, goal_id)])
+            if not raced:
+                return
+            rows = [_source_row(d) for d in raced]
+        raise TransientWriteError(f"{len(raced)} rows kept racing with concurrent inserts")
+
+    async def _sqlite(self, conn, rows: list[tuple], result: WriteResult):
+        encoded = [list(row) for row in rows]
+        for row in encoded:
+            for i in _TIME_COLUMNS:
+                row[i] = _sqlite_time(row[i])
+        params = {"rows": orjson.dumps(encoded).decode()}
+        statements = self.statements
+        result.updated += len((await conn.execute(text(statements.update), params)).all())
+        result.statements += 1
+        if statements.insert is not None:
+            result.inserted += len((await conn.execute(text(statements.insert), params)).all())
+            result.statements += 1
+        else:  # required mode: count the keys that have no row
+            keys = [(r[0], r[1]) for r in rows]
+            existing = await conn.execute(
+                text(
+                    "SELECT count(*) FROM user_goal_progress x JOIN json_each(:keys) k "
+                    "ON x.user_id = json_extract(k.value, '$[0]') "
+                    "AND x.goal_id = json_extract(k.value, '$[1]')"
+                ),
+                {"keys": orjson.dumps(keys).decode()},
+            )
+            result.missing += len(keys) - int(existing.scalar_one())
+        await conn.execute(text(statements.marks), params)
+        result.statements += 1
