@@ -14,7 +14,7 @@ import sys
 from app.challenges import ConfigError
 from app.settings import SettingsError
 
-COMMAND_MODULES = ("app.commands.core",)
+COMMAND_MODULES = ("app.commands.core", "app.commands.grpc")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,67 @@
+"""gRPC bridge commands: `serve` (the Extend event handler) and `send` (a test client)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from app.settings import Settings
+
+
+def register(sub) -> None:
+    serve = sub.add_parser("serve", help="run the gRPC server for the AccelByte Extend bridge")
+    serve.set_defaults(handler=cmd_serve)
+
+    send = sub.add_parser("send", help="send one event to a running gRPC server")
+    send.add_argument(
+        "--target",
+        default=f"localhost:{os.environ.get('GRPC_PORT') or 6565}",
+        help="host:port of the server (default localhost:$GRPC_PORT)",
+    )
+    send.add_argument("--timeout", type=float, default=30.0, help="call deadline, seconds")
+    kinds = send.add_subparsers(dest="kind", required=True)
+    login = kinds.add_parser("login", help="a UserLoggedIn event")
+    stat = kinds.add_parser("stat", help="a StatItemUpdated event")
+    for parser in (login, stat):
+        parser.add_argument("--user", required=True, help="user id")
+        parser.add_argument(
+            "--namespace", help="event namespace (default $AB_NAMESPACE, else 'mygame')"
+        )
+        parser.add_argument("--id", help="event id (default: random; repeat it to redeliver)")
+        parser.add_argument("--timestamp", default="", help="RFC 3339 event time (default: none)")
+    stat.add_argument("--code", required=True, help="stat code")
+    stat.add_argument("--value", type=float, required=True, help="latest value")
+    stat.add_argument("--inc", type=float, default=0.0, help="increment")
+    send.set_defaults(handler=cmd_send)
+
+
+def cmd_serve(args) -> int:
+    from app.challenges import load_config
+    from app.grpc_options import GrpcOptions
+    from app.logs import setup_logging
+    from app.metrics import serve_metrics
+
+    settings = Settings.from_env()
+    settings.require_namespace()
+    options = GrpcOptions.from_env()
+    setup_logging(settings.log_level, settings.log_format)
+    config = load_config(settings.config_path)  # ConfigError -> exit 2 (cli.main)
+    from app.grpc_server import serve  # imports (and if needed generates) the protos
+
+    serve_metrics(settings.metrics_port)
+    return asyncio.run(serve(settings, config, options))
+
+
+def cmd_send(args) -> int:
+    from app.grpc_client import login_message, send, stat_message
+
+    namespace = args.namespace or os.environ.get("AB_NAMESPACE") or "mygame"
+    if args.kind == "login":
+        message = login_message(args.user, namespace, args.id, args.timestamp)
+    else:
+        message = stat_message(
+            args.user, namespace, args.code, args.value, args.inc, args.id, args.timestamp
+        )
+    result = send(args.target, message, timeout=args.timeout)
+    print(result.describe())
+    return 0 if result.code.name == "OK" else 1

@@ -1,0 +1,201 @@
+"""`python -m app serve`: the AccelByte Extend event-bridge gRPC server (SPEC §1.1, §2, §6).
+
+One OnMessage call = decode + validate -> `Pipeline.submit` -> answer:
+- ACK_MODE=durable: wait (bounded) for the commit of the flush holding the event
+  (group commit); a timeout answers UNAVAILABLE but the event stays buffered and will be
+  written, and the bridge's redelivery is absorbed by the pipeline's dedup window.
+- ACK_MODE=buffered: answer once buffered.
+- buffer full for longer than GRPC_BUFFER_WAIT (database down) -> UNAVAILABLE.
+
+Lifecycle: SIGTERM/SIGINT -> health NOT_SERVING, stop accepting, let in-flight calls
+finish, final flush, exit 0. SIGHUP -> reload CONFIG_PATH (validated first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+from grpc_reflection.v1alpha import reflection
+
+from app import metrics
+from app.challenges import ChallengeConfig, ConfigError, load_config
+from app.events import Event, InvalidEvent, now_utc
+from app.grpc_decode import decode_login, decode_stat
+from app.grpc_health import HealthMonitor
+from app.grpc_options import GrpcOptions
+from app.pipeline import Pipeline
+from app.settings import Settings
+from proto.build import load as load_protos
+from tables.buffer import BufferFull, Closed
+from tables.db import make_engine
+from tables.migrate import upgrade_async
+
+log = logging.getLogger(__name__)
+
+protos = load_protos()
+LOGIN_SERVICE = protos.login_pb2.DESCRIPTOR.services_by_name[
+    "UserAuthenticationUserLoggedInService"
+].full_name
+STAT_SERVICE = protos.stat_pb2.DESCRIPTOR.services_by_name[
+    "StatisticStatItemUpdatedService"
+].full_name
+LOGIN_METHOD = f"/{LOGIN_SERVICE}/OnMessage"
+STAT_METHOD = f"/{STAT_SERVICE}/OnMessage"
+EMPTY = empty_pb2.Empty()
+
+Decoder = Callable[[Any, Any], Event]
+
+
+class EventHandler:
+    """The shared OnMessage logic of both services."""
+
+    def __init__(self, pipeline: Pipeline, settings: Settings, options: GrpcOptions):
+        self.pipeline = pipeline
+        self.durable = settings.ack_mode == "durable"
+        self.options = options
+
+    async def handle(
+        self, method: str, decode: Decoder, request: Any, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        started = time.perf_counter()
+        metrics.GRPC_IN_FLIGHT.inc()
+        code = grpc.StatusCode.OK
+        message = ""
+        try:
+            code, message = await self._process(decode, request)
+        finally:
+            metrics.GRPC_IN_FLIGHT.dec()
+            metrics.GRPC_REQUESTS.labels(method, code.name).inc()
+            metrics.GRPC_DURATION.labels(method).observe(time.perf_counter() - started)
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return EMPTY
+
+    async def _process(self, decode: Decoder, request: Any) -> tuple[grpc.StatusCode, str]:
+        metrics.EVENTS.labels("grpc").inc()
+        try:
+            event = decode(request, now_utc())
+        except InvalidEvent as exc:
+            metrics.FAILED.labels(exc.reason).inc()
+            log.debug("event refused", extra={"reason": exc.reason, "error": exc.message})
+            return grpc.StatusCode.INVALID_ARGUMENT, exc.message
+        try:
+            done = await self.pipeline.submit(event, timeout=self.options.buffer_wait)
+        except BufferFull:
+            metrics.FAILED.labels("buffer_full").inc()
+            return grpc.StatusCode.UNAVAILABLE, "buffer full: database not keeping up, retry"
+        except Closed:
+            return grpc.StatusCode.UNAVAILABLE, "server is shutting down, retry"
+        if done is None or not self.durable or done.done():
+            return grpc.StatusCode.OK, ""
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self.options.ack_timeout)
+        except TimeoutError:
+            metrics.FAILED.labels("ack_timeout").inc()
+            return grpc.StatusCode.UNAVAILABLE, "not committed in time (database slow), retry"
+        return grpc.StatusCode.OK, ""
+
+
+def _servicers(handler: EventHandler) -> tuple[Any, Any]:
+    class LoginServicer(protos.login_grpc.UserAuthenticationUserLoggedInServiceServicer):
+        async def OnMessage(self, request, context):  # noqa: N802 - generated name
+            return await handler.handle(LOGIN_METHOD, decode_login, request, context)
+
+    class StatServicer(protos.stat_grpc.StatisticStatItemUpdatedServiceServicer):
+        async def OnMessage(self, request, context):  # noqa: N802 - generated name
+            return await handler.handle(STAT_METHOD, decode_stat, request, context)
+
+    return LoginServicer(), StatServicer()
+
+
+def reload_config(pipeline: Pipeline, path: Any) -> ChallengeConfig | None:
+    """SIGHUP: validate the file first; keep the running config when it is invalid."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config reload refused", extra={"problem": problem, "path": str(path)})
+        return None
+    except OSError as exc:
+        log.error("config reload refused", extra={"problem": str(exc), "path": str(path)})
+        return None
+    pipeline.config = config
+    log.info(
+        "config reloaded",
+        extra={"path": str(path), "challenges": len(config.challenges), "goals": len(config.goals)},
+    )
+    return config
+
+
+async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOptions) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    log.info("migrating database schema")
+    await upgrade_async(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    health_engine = make_engine(settings.database_url, pool_size=1)
+    pipeline = Pipeline(settings, config, engine)
+    pipeline.start()
+    monitor = HealthMonitor(
+        health_engine, (LOGIN_SERVICE, STAT_SERVICE), interval=options.health_interval
+    )
+    handler = EventHandler(pipeline, settings, options)
+    login, stat = _servicers(handler)
+
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+        options=[("grpc.so_reuseport", 0)],
+    )
+    protos.login_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(login, server)
+    protos.stat_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(stat, server)
+    from grpc_health.v1 import health_pb2_grpc
+
+    health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
+    reflection.enable_server_reflection(
+        (LOGIN_SERVICE, STAT_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+    )
+    server.add_insecure_port(f"[::]:{settings.grpc_port}")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(pipeline, settings.config_path))
+
+    await monitor.check_once()
+    monitor.start()
+    await server.start()
+    log.info(
+        "gRPC server started",
+        extra={
+            "grpc_port": settings.grpc_port,
+            "metrics_port": settings.metrics_port,
+            "namespace": settings.namespace,
+            "ack_mode": settings.ack_mode,
+            "flush_interval_ms": int(settings.flush_interval * 1000),
+            "goals": len(config.goals),
+        },
+    )
+    await stop.wait()
+
+    log.info("shutting down: draining in-flight calls")
+    started = time.perf_counter()
+    await monitor.drain()
+    pipeline.flusher.request_flush()  # durable calls in flight: commit them now
+    await server.stop(options.shutdown_grace)
+    await pipeline.close()
+    await engine.dispose()
+    with contextlib.suppress(Exception):
+        await health_engine.dispose()
+    log.info(
+        "shutdown complete",
+        extra={"duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+    )
+    return 0
