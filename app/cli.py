@@ -14,7 +14,7 @@ import sys
 from app.challenges import ConfigError
 from app.settings import SettingsError
 
-COMMAND_MODULES = ("app.commands.core", "app.commands.grpc")
+COMMAND_MODULES = ("app.commands.core", "app.commands.grpc", "app.commands.kafka")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,47 @@
+"""Topic housekeeping for local development: create the event topics and their
+dead-letter topics when missing (existing topics, e.g. AGS-managed ones, are left alone)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from app.kafka_settings import KafkaSettings, dlq_topic
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(
+    bootstrap: str, topics: dict[str, int], replication_factor: int = 1
+) -> list[str]:
+    """Create each missing topic with its partition count; returns the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name=name, num_partitions=parts, replication_factor=replication_factor)
+            for name, parts in topics.items()
+            if name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
+                await admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def ensure_event_topics(kafka: KafkaSettings) -> None:
+    parts = int(os.environ.get("KAFKA_SOURCE_PARTITIONS") or 4)
+    wanted: dict[str, int] = {}
+    for name in kafka.source_topics:
+        wanted[name] = parts
+        wanted[dlq_topic(name)] = 1
+    created = await ensure_topics(kafka.bootstrap, wanted)
+    if created:
+        log.info("created missing topics", extra={"topics": created, "partitions": parts})

@@ -1,0 +1,149 @@
+"""Replay a topic range into the database with a plain aiokafka consumer.
+
+No consumer group: nothing is committed to Kafka and the live workers' positions are
+untouched. Events go through the same core Pipeline (and the same late-value rule as the
+worker) with event time from the payload or the record timestamp, so the rows equal what
+live processing produced for that range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents.progress import LatestValues
+from app.challenges import ChallengeConfig
+from app.commands.core import ReplaySummary
+from app.events import EventType, InvalidEvent, decode_json_event
+from app.kafka_settings import LOGIN_SUFFIX, STAT_SUFFIX
+from app.pipeline import Pipeline
+from app.settings import Settings, SettingsError
+from tables.db import make_engine
+from tables.migrate import upgrade_async
+
+
+def event_type_for(topic: str) -> EventType | None:
+    if topic.endswith(LOGIN_SUFFIX):
+        return EventType.LOGIN
+    if topic.endswith(STAT_SUFFIX):
+        return EventType.STATISTIC
+    return None
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.replace(tzinfo=UTC).timestamp() * 1000)
+
+
+async def _start_offsets(
+    consumer: AIOKafkaConsumer,
+    partitions: list[TopicPartition],
+    from_offset: int | None,
+    from_time: datetime | None,
+    end: dict[TopicPartition, int],
+) -> dict[TopicPartition, int]:
+    if from_time is not None:
+        found = await consumer.offsets_for_times({tp: _ms(from_time) for tp in partitions})
+        return {tp: (found[tp].offset if found.get(tp) else end[tp]) for tp in partitions}
+    if from_offset is not None:
+        return {tp: from_offset for tp in partitions}
+    begin = await consumer.beginning_offsets(partitions)
+    return dict(begin)
+
+
+async def replay_range(
+    settings: Settings,
+    config: ChallengeConfig,
+    topic: str,
+    *,
+    from_offset: int | None = None,
+    from_time: datetime | None = None,
+    to_time: datetime | None = None,
+) -> ReplaySummary:
+    summary = ReplaySummary()
+    event_type = event_type_for(topic)
+    await upgrade_async(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    pipeline = Pipeline(settings, config, engine)
+    latest = LatestValues(config)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    started = time.perf_counter()
+    await consumer.start()
+    pipeline.start()
+    try:
+        ids = consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
+        partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+        consumer.assign(partitions)
+        end = dict(await consumer.end_offsets(partitions))  # the end now: a fixed range
+        start = await _start_offsets(consumer, partitions, from_offset, from_time, end)
+        stop_ms = _ms(to_time) if to_time is not None else None
+        active = {tp for tp in partitions if start[tp] < end[tp]}
+        for tp in partitions:
+            consumer.seek(tp, min(start[tp], end[tp]))
+        while active:
+            batches = await consumer.getmany(*active, timeout_ms=1000, max_records=2000)
+            for tp, records in batches.items():
+                for record in records:
+                    if tp not in active:
+                        break
+                    if record.offset >= end[tp] or (
+                        stop_ms is not None and record.timestamp >= stop_ms
+                    ):
+                        active.discard(tp)
+                        break
+                    await _one(pipeline, latest, summary, record, event_type)
+                    if record.offset + 1 >= end[tp]:
+                        active.discard(tp)
+        await pipeline.flusher.flush_now()
+    finally:
+        await pipeline.close()
+        await consumer.stop()
+        await engine.dispose()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public call
+        ids = consumer.partitions_for_topic(topic)
+        if ids:
+            return ids
+        await asyncio.sleep(0.2)
+    raise SettingsError(f"--topic: topic {topic!r} not found")
+
+
+async def _one(pipeline, latest, summary, record, event_type) -> None:
+    summary.lines += 1
+    fallback = (
+        datetime.fromtimestamp(record.timestamp / 1000, UTC).replace(tzinfo=None)
+        if record.timestamp and record.timestamp > 0
+        else None
+    )
+    try:
+        if not record.value:
+            raise InvalidEvent("nil_message", "message cannot be nil")
+        event = decode_json_event(record.value, event_type, fallback)
+    except InvalidEvent as exc:
+        summary.invalid[exc.reason] += 1
+        if len(summary.first_errors) < 5:
+            summary.first_errors.append(
+                f"partition {record.partition} offset {record.offset}: {exc.message}"
+            )
+        return
+    if latest.stale(event):
+        summary.skipped += 1
+        return
+    future = await pipeline.submit(event)
+    if future is None:
+        summary.skipped += 1
+    else:
+        summary.accepted += 1
