@@ -138,7 +138,11 @@ def reload_config(pipeline: Pipeline, path: Any) -> ChallengeConfig | None:
 async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOptions) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     log.info("migrating database schema")
-    await upgrade_async(settings.database_url)
+    try:
+        await upgrade_async(settings.database_url)
+    except Exception as exc:  # unreachable database, bad credentials...: exit 1, no traceback
+        log.error("database schema upgrade failed", extra={"error": str(exc)[:500]})
+        return 1
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     health_engine = make_engine(settings.database_url, pool_size=1)
     pipeline = Pipeline(settings, config, engine)
