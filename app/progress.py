@@ -165,7 +165,7 @@ BufferKey = tuple[str, str, datetime | None]
 
 def applies(goal: Goal, event: Event) -> bool:
     """Negative stat values are ignored for value-setting goals (SPEC §4)."""
-    return not (family_of(goal) is Family.SET and event.value < 0)
+    return event.value >= 0 or family_of(goal) is not Family.SET
 
 
 # ------------------------------------------------------------------ the oracle
