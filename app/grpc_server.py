@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ STAT_SERVICE = protos.stat_pb2.DESCRIPTOR.services_by_name[
 LOGIN_METHOD = f"/{LOGIN_SERVICE}/OnMessage"
 STAT_METHOD = f"/{STAT_SERVICE}/OnMessage"
 EMPTY = empty_pb2.Empty()
+RECEIVED = metrics.EVENTS.labels("grpc")
 
 Decoder = Callable[[Any, Any], Event]
 
@@ -61,6 +63,18 @@ class EventHandler:
         self.pipeline = pipeline
         self.durable = settings.ack_mode == "durable"
         self.options = options
+        self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._durations = {m: metrics.GRPC_DURATION.labels(m) for m in (LOGIN_METHOD, STAT_METHOD)}
+
+    def _count(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Label children cached: this runs on every call."""
+        counter = self._requests.get((method, code))
+        if counter is None:
+            counter = self._requests[(method, code)] = metrics.GRPC_REQUESTS.labels(
+                method, code.name
+            )
+        counter.inc()
+        self._durations[method].observe(seconds)
 
     async def handle(
         self, method: str, decode: Decoder, request: Any, context: grpc.aio.ServicerContext
@@ -73,14 +87,13 @@ class EventHandler:
             code, message = await self._process(decode, request)
         finally:
             metrics.GRPC_IN_FLIGHT.dec()
-            metrics.GRPC_REQUESTS.labels(method, code.name).inc()
-            metrics.GRPC_DURATION.labels(method).observe(time.perf_counter() - started)
+            self._count(method, code, time.perf_counter() - started)
         if code is not grpc.StatusCode.OK:
             await context.abort(code, message)
         return EMPTY
 
     async def _process(self, decode: Decoder, request: Any) -> tuple[grpc.StatusCode, str]:
-        metrics.EVENTS.labels("grpc").inc()
+        RECEIVED.inc()
         try:
             event = decode(request, now_utc())
         except InvalidEvent as exc:
@@ -169,8 +182,17 @@ async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOption
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop_signal() -> None:
+        if stop.is_set():  # a second signal: the operator insists (buffered events lost)
+            log.error(
+                "second stop signal: exiting now", extra={"pending": pipeline.flusher.pending}
+            )
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(pipeline, settings.config_path))
 
     await monitor.check_once()

@@ -1,0 +1,48 @@
+# Challenge event handler — AccelByte Extend event handler image (gRPC bridge mode).
+#   docker build -t challenge-event-handler .
+#   docker run -e AB_NAMESPACE=mygame -e DATABASE_URL=postgresql://... -p 6565:6565 -p 8080:8080 \
+#     challenge-event-handler
+# Config is baked at /app/config/challenges.json; mount a directory over /app/config (or set
+# CONFIG_PATH) to use another one. The same image runs the Kafka worker or a replay with a
+# different command (python -m app worker / replay ...).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first (cached while only the source changes): a throw-away install of the
+# pinned requirements from pyproject.toml.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY . .
+# Install the project, generate the gRPC code (proto/gen, not in git) and fail the build
+# early when the baked config is invalid.
+RUN pip install --no-deps . \
+    && python scripts/gen_protos.py \
+    && python -m app config check /app/config/challenges.json
+
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app \
+    && mkdir -p /app/data \
+    && chown app /app/data
+USER app
+
+ENV CONFIG_PATH=/app/config/challenges.json \
+    GRPC_PORT=6565 \
+    METRICS_PORT=8080 \
+    LOG_FORMAT=json
+
+# 6565: gRPC (Extend event bridge, health, reflection); 8080: Prometheus /metrics
+EXPOSE 6565 8080
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import grpc,os,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;c=grpc.insecure_channel('127.0.0.1:'+os.environ.get('GRPC_PORT','6565'));sys.exit(0 if g.HealthStub(c).Check(h.HealthCheckRequest(),timeout=2).status==h.HealthCheckResponse.SERVING else 1)"]
+
+CMD ["python", "-m", "app", "serve"]
