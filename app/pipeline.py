@@ -66,7 +66,10 @@ class Pipeline:
         self.config = config
         self.engine = engine
         self.writer = Writer(
-            engine, batch_size=settings.db_batch_size, assignment_mode=settings.assignment_mode
+            engine,
+            batch_size=settings.db_batch_size,
+            assignment_mode=settings.assignment_mode,
+            parallelism=max(1, min(4, settings.db_pool_size // 2)),
         )
         self.flusher = Flusher(
             self.writer,

@@ -198,9 +198,12 @@ class Flusher:
         result = WriteResult()
         while deltas or extra is not None:
             try:
-                result = await self.writer.write(deltas, extra)
+                result.merge(await self.writer.write(deltas, extra))
                 break
             except TransientWriteError as exc:
+                if exc.remaining is not None:  # some shards committed: retry only the rest
+                    deltas = exc.remaining
+                    result.merge(exc.committed)
                 attempt += 1
                 self.last_error = exc
                 if self.on_retry:

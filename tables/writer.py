@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,22 @@ Extra = Callable[[AsyncConnection], Awaitable[None]]
 
 
 class TransientWriteError(Exception):
-    """The batch could not be written now; nothing was committed; retry it."""
+    """The batch could not be written now; nothing of `remaining` was committed.
+
+    `remaining` is None when nothing at all was committed (retry the whole batch); after
+    a parallel write it holds the deltas of the shards that failed, and `committed` the
+    result of those that did.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        remaining: list[Delta] | None = None,
+        committed: WriteResult | None = None,
+    ):
+        super().__init__(message)
+        self.remaining = remaining
+        self.committed = committed
 
 
 @dataclass
@@ -44,6 +60,14 @@ class WriteResult:
     missing: int = 0  # ASSIGNMENT_MODE=required: no row to update
     statements: int = 0
     poisoned: list[tuple[Delta, str]] = field(default_factory=list)
+
+    def merge(self, other: WriteResult) -> None:
+        self.rows += other.rows
+        self.updated += other.updated
+        self.inserted += other.inserted
+        self.missing += other.missing
+        self.statements += other.statements
+        self.poisoned.extend(other.poisoned)
 
     @property
     def skipped(self) -> int:
@@ -113,17 +137,55 @@ _TIME_COLUMNS = [i for i, (_, sqltype) in enumerate(SOURCE_COLUMNS) if sqltype =
 
 class Writer:
     def __init__(
-        self, engine: AsyncEngine, *, batch_size: int = 1000, assignment_mode: str = "auto"
+        self,
+        engine: AsyncEngine,
+        *,
+        batch_size: int = 1000,
+        assignment_mode: str = "auto",
+        parallelism: int = 1,
     ):
         self.engine = engine
         self.batch_size = batch_size
         self.dialect = engine.dialect.name
         self.statements = build_statements(self.dialect, assignment_mode)
+        # SQLite has one writer; PostgreSQL can merge disjoint users on several connections.
+        self.parallelism = parallelism if self.dialect == "postgresql" else 1
 
     async def write(
         self, deltas: Sequence[Delta], extra: Extra | None = None, *, source: str = "flush"
     ) -> WriteResult:
-        """Commit every delta (or dead-letter the poison ones) plus `extra`, atomically."""
+        """Commit every delta (or dead-letter the poison ones) plus `extra`.
+
+        With `extra` (Kafka positions) everything is one transaction. Without, a large
+        flush is split by user into `parallelism` shards written concurrently, each its
+        own transaction; a shard that fails is reported in TransientWriteError.remaining
+        so only it is retried (the others are committed and must not be applied twice).
+        """
+        shards = min(self.parallelism, len(deltas) // self.batch_size)
+        if extra is not None or shards < 2:
+            return await self._write_one(deltas, extra, source)
+        parts: list[list[Delta]] = [[] for _ in range(shards)]
+        for delta in deltas:
+            parts[hash(delta.user_id) % shards].append(delta)
+        outcomes = await asyncio.gather(
+            *(self._write_one(part, None, source) for part in parts), return_exceptions=True
+        )
+        total, remaining, failure = WriteResult(), [], None
+        for part, outcome in zip(parts, outcomes, strict=True):
+            if isinstance(outcome, TransientWriteError):
+                remaining.extend(part)
+                failure = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                total.merge(outcome)
+        if failure is not None:
+            raise TransientWriteError(str(failure), remaining, total)
+        return total
+
+    async def _write_one(
+        self, deltas: Sequence[Delta], extra: Extra | None, source: str
+    ) -> WriteResult:
         rounds = rounds_of(deltas)
         try:
             return await self._transaction(rounds, extra, isolate=False, source=source)

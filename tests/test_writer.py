@@ -161,3 +161,32 @@ async def test_close_flushes_what_is_buffered(engine):
     await flusher.add(login("closing", "2026-11-20 10:00"), config(goal("l", "login")).goals)
     await flusher.close()
     assert (await row(engine, "closing", "l")).status == "completed"
+
+
+class _OneShardFailsOnce(Writer):
+    """Real writes, plus one injected transient failure of the shard holding `victim`."""
+
+    def __init__(self, *args, victim: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.victim = victim
+        self.failed = False
+
+    async def _write_one(self, deltas, extra, source):
+        if not self.failed and any(d.user_id == self.victim for d in deltas):
+            self.failed = True
+            raise TransientWriteError("injected: connection lost")
+        return await super()._write_one(deltas, extra, source)
+
+
+async def test_parallel_shards_retry_only_the_failed_one(pg_engine):
+    cfg = config(goal("logins", "login", target=1000, type="increment"))
+    writer = _OneShardFailsOnce(pg_engine, batch_size=50, parallelism=4, victim="p-0007")
+    flusher = Flusher(writer, max_backoff=0.01)
+    for i in range(400):
+        for when in ("2026-11-20 10:00", "2026-11-20 11:00"):
+            flusher.try_add(login(f"p-{i:04d}", when), cfg.goals)
+    await flusher.flush_now()
+    found = await rows(pg_engine)
+    assert writer.failed
+    assert len(found) == 400
+    assert {r.progress for r in found.values()} == {2}  # nothing lost, nothing applied twice
