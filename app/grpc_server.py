@@ -109,9 +109,9 @@ class EventHandler:
             return grpc.StatusCode.UNAVAILABLE, "server is shutting down, retry"
         if done is None or not self.durable or done.done():
             return grpc.StatusCode.OK, ""
-        try:
-            await asyncio.wait_for(asyncio.shield(done), self.options.ack_timeout)
-        except TimeoutError:
+        # asyncio.wait never cancels the shared flush future (other calls wait on it too)
+        finished, _ = await asyncio.wait((done,), timeout=self.options.ack_timeout)
+        if not finished:
             metrics.FAILED.labels("ack_timeout").inc()
             return grpc.StatusCode.UNAVAILABLE, "not committed in time (database slow), retry"
         return grpc.StatusCode.OK, ""

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -20,6 +24,7 @@ try:
         INVALID,
         LOGIN_SERVICE,
         OK,
+        ROOT,
         SERVING,
         STAT_SERVICE,
         TEST_CONFIG,
@@ -39,6 +44,7 @@ except ImportError:  # tests/ not a package
         INVALID,
         LOGIN_SERVICE,
         OK,
+        ROOT,
         SERVING,
         STAT_SERVICE,
         TEST_CONFIG,
@@ -311,3 +317,49 @@ async def test_sighup_reloads_valid_config_and_keeps_old_on_invalid(pg_url: str,
         assert server.terminate() == 0
     finally:
         server.stop_quietly()
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_send_client_prints_status_and_duration(server: Server, pg_url: str):
+    (user,) = users(1)
+    sent = await asyncio.to_thread(
+        _cli, "send", "--target", server.target, "stat", "--user", user, "--code",
+        "enemy_kills", "--value", "9", "--inc", "4",
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    assert re.fullmatch(r"OK \(\d+\.\d ms\)\n", sent.stdout)
+    assert (await fetch_rows(pg_url, [user]))[(user, "kills")]["progress"] == 4
+    refused = await asyncio.to_thread(
+        _cli, "send", "--target", server.target, "login", "--user", ""
+    )
+    assert refused.returncode == 1
+    assert re.fullmatch(
+        r"INVALID_ARGUMENT: userId cannot be empty \(\d+\.\d ms\)\n", refused.stdout
+    )
+
+
+def test_serve_refuses_to_start_without_namespace(tmp_path: Path):
+    done = _cli("serve", env={"AB_NAMESPACE": "", "CONFIG_PATH": str(write_config(tmp_path))})
+    assert done.returncode == 2
+    assert "AB_NAMESPACE" in done.stderr
+
+
+def test_serve_refuses_an_invalid_config(tmp_path: Path):
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"challenges": []}))
+    done = _cli("serve", env={"AB_NAMESPACE": "mygame", "CONFIG_PATH": str(config)})
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ")
