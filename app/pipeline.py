@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -79,6 +79,8 @@ class Pipeline:
             on_retry=self._retrying,
         )
         self.dedup = DedupWindow(settings.dedup_window)
+        # What happened to submitted events (for summaries; metrics hold the same counts).
+        self.outcomes: Counter[str] = Counter()
 
     def start(self) -> None:
         self.flusher.start()
@@ -92,15 +94,18 @@ class Pipeline:
         namespace = self.settings.namespace
         if namespace and event.namespace != namespace:
             metrics.SKIPPED.labels("namespace").inc()
+            self.outcomes["other_namespace"] += 1
             return None
         goals = self.config.goals_for(source_of(event), event.stat_code)
         if not goals:
             metrics.SKIPPED.labels("no_goal").inc()
+            self.outcomes["no_goal"] += 1
             return None
         if event.event_id:
             earlier = self.dedup.get(event.event_id)
             if earlier is not None:
                 metrics.DUPLICATES.inc()
+                self.outcomes["duplicate"] += 1
                 return earlier
         generation, moved = await self.flusher.add(event, goals, timeout=timeout)
         if event.event_id:
@@ -110,6 +115,9 @@ class Pipeline:
         metrics.PROCESSING.observe(time.perf_counter() - started)
         if moved == 0:
             metrics.SKIPPED.labels("ignored_value").inc()
+            self.outcomes["ignored_value"] += 1
+        else:
+            self.outcomes["applied"] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "event buffered",

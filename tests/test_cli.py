@@ -28,7 +28,7 @@ def test_demo_runs_on_the_embedded_default_and_shows_progress(tmp_path):
     done = run("demo", "--db", str(tmp_path / "demo.db"))
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "read 64 lines" in out and "62 applied" in out and "2 invalid" in out
+    assert "read 64 lines" in out and "61 applied, 1 duplicates, 2 invalid" in out
     assert "user alice" in out and "user chen:eu" in out
     alice = out.split("user alice", 1)[1].split("user bob", 1)[0]
     assert "kills-500         225       in_progress" in alice
@@ -76,7 +76,7 @@ def test_replay_then_progress_against_postgres(pg_url, tmp_path):
     env = {"DATABASE_URL": pg_url, "LOG_LEVEL": "warning"}
     done = run("replay", str(events), env=env)
     assert done.returncode == 0, done.stderr
-    assert "read 4 lines" in done.stdout and "4 applied" in done.stdout
+    assert "read 4 lines" in done.stdout and "4 applied, 0 duplicates" in done.stdout
     shown = run("progress", "cli-1", env=env)
     assert shown.returncode == 0, shown.stderr
     table = {line.split()[1]: line.split() for line in shown.stdout.splitlines()[2:]}

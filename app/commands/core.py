@@ -109,8 +109,7 @@ def _redact(url: str) -> str:
 @dataclass
 class ReplaySummary:
     lines: int = 0
-    accepted: int = 0
-    skipped: int = 0
+    outcomes: Counter = field(default_factory=Counter)  # applied, duplicate, no_goal, ...
     invalid: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     first_errors: list[str] = field(default_factory=list)
@@ -119,9 +118,12 @@ class ReplaySummary:
         rate = self.lines / self.seconds if self.seconds else 0.0
         out = [
             f"read {self.lines} lines in {self.seconds:.2f}s ({rate:,.0f}/s): "
-            f"{self.accepted} applied, {self.skipped} moved no goal or were skipped, "
+            f"{self.outcomes['applied']} applied, {self.outcomes['duplicate']} duplicates, "
             f"{sum(self.invalid.values())} invalid"
         ]
+        for outcome in ("no_goal", "other_namespace", "ignored_value", "stale"):
+            if self.outcomes[outcome]:
+                out.append(f"  skipped ({outcome.replace('_', ' ')}): {self.outcomes[outcome]}")
         for reason, count in sorted(self.invalid.items()):
             out.append(f"  invalid ({reason}): {count}")
         out.extend(f"  {line}" for line in self.first_errors)
@@ -172,12 +174,8 @@ async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
                     summary.first_errors.append(f"line {number}: {exc.message}")
                 continue
             future = await pipeline.submit(event)
-            if future is None:
-                summary.skipped += 1
-            else:
-                summary.accepted += 1
-                if not future.done():
-                    pending.add(future)
+            if future is not None and not future.done():
+                pending.add(future)
             if len(pending) > 64:
                 pending = {f for f in pending if not f.done()}
             progress.update(done, summary)
@@ -185,6 +183,7 @@ async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
     if pending:
         await asyncio.gather(*pending)
     summary.seconds = time.perf_counter() - started
+    summary.outcomes = Counter(pipeline.outcomes)
     progress.update(done, summary, force=True)
     return summary
 
