@@ -8,6 +8,7 @@ at or below them (redelivered after a crash or rebalance) are dropped here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from datetime import datetime
@@ -23,6 +24,7 @@ from app.pipeline import Pipeline
 from app.progress import Family, family_of
 from tables import positions as pos
 from tables.buffer import Generation
+from tables.db import is_transient
 from tables.writer import Extra
 
 log = logging.getLogger(__name__)
@@ -117,8 +119,7 @@ class ProgressRuntime:
         partition, offset = message.partition, message.offset
         positions = self.positions.get(partition)
         if positions is None:
-            positions = await pos.load(self.pipeline.engine, self.group, self.topic, partition)
-            self.positions[partition] = positions
+            positions = self.positions[partition] = await self._load(partition)
             log.info(
                 "partition positions loaded",
                 extra={
@@ -147,6 +148,22 @@ class ProgressRuntime:
         positions.advance(offset, source, item.source_offset)
         self.dirty.add(partition)
         self._pending(record)
+
+    async def _load(self, partition: int) -> pos.PartitionPositions:
+        """Positions of a newly owned partition; waits out a database outage."""
+        attempt = 0
+        while True:
+            try:
+                return await pos.load(self.pipeline.engine, self.group, self.topic, partition)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                log.warning(
+                    "loading partition positions failed, retrying",
+                    extra={"partition": partition, "attempt": attempt, "error": str(exc)[:300]},
+                )
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
 
     def _pending(self, record: faust.EventT) -> None:
         generation = self.pipeline.flusher.generation()

@@ -43,6 +43,9 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # a killed worker's partitions move after this long (Faust's default is 60 s)
+        broker_session_timeout=kafka.session_timeout,
+        broker_heartbeat_interval=max(1.0, kafka.session_timeout / 5),
         stream_wait_empty=True,
         worker_redirect_stdouts=False,
     )

@@ -3,12 +3,13 @@ dead-letter topics when missing (existing topics, e.g. AGS-managed ones, are lef
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from app.kafka_settings import KafkaSettings, dlq_topic
 
@@ -42,6 +43,14 @@ async def ensure_event_topics(kafka: KafkaSettings) -> None:
     for name in kafka.source_topics:
         wanted[name] = parts
         wanted[dlq_topic(name)] = 1
-    created = await ensure_topics(kafka.bootstrap, wanted)
+    for attempt in range(1, 31):  # a broker restarting next to us: wait, then give up
+        try:
+            created = await ensure_topics(kafka.bootstrap, wanted)
+            break
+        except KafkaConnectionError as exc:
+            if attempt == 30:
+                raise
+            log.warning("broker not reachable at startup, retrying", extra={"error": str(exc)})
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
     if created:
         log.info("created missing topics", extra={"topics": created, "partitions": parts})

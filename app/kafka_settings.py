@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from app.events import EventType
-from app.settings import Settings, SettingsError
+from app.settings import Settings, SettingsError, parse_duration
 
 DEFAULT_GROUP = "challenge-event-handler"
 LOGIN_SUFFIX = "iam.account.v1.userLoggedIn"
@@ -33,6 +33,7 @@ class KafkaSettings:
     bootstrap: str
     group: str = DEFAULT_GROUP
     repartition_partitions: int = 8
+    session_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -41,7 +42,9 @@ class KafkaSettings:
         parts = _count(
             "KAFKA_REPARTITION_PARTITIONS", env.get("KAFKA_REPARTITION_PARTITIONS") or "8"
         )
+        session = parse_duration("KAFKA_SESSION_TIMEOUT", env.get("KAFKA_SESSION_TIMEOUT") or "10s")
         return cls(
+            session_timeout=session,
             namespace=settings.require_namespace(),
             bootstrap=settings.kafka_bootstrap_servers,
             group=group,

@@ -21,7 +21,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.kafka_admin import ensure_topics
@@ -107,13 +109,20 @@ async def create_topics(bootstrap: str, ns: str, partitions: int = 4) -> None:
 async def wait_for(
     check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.25
 ) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
+    """Poll `check` until it returns something truthy; fail with `what` at the deadline.
+
+    Connection errors count as "not yet": the shared services may restart under us.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
+        try:
+            last = await check()
+        except (OSError, DBAPIError, KafkaError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
         await asyncio.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 

@@ -42,7 +42,7 @@ def cmd_worker(args) -> int:
     kafka = KafkaSettings.from_env(settings)
     setup_logging(settings.log_level, settings.log_format)
     config = load_config(settings.config_path)
-    upgrade(settings.database_url)
+    _wait_for_database(lambda: upgrade(settings.database_url))
     from app.kafka_admin import ensure_event_topics
 
     asyncio.run(ensure_event_topics(kafka))
@@ -70,6 +70,25 @@ def cmd_worker(args) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def _wait_for_database(step, attempts: int = 30) -> None:
+    """Run a startup step that needs the database, waiting out a short outage (a restart
+    of PostgreSQL next to a restarting worker); a longer one is a startup error."""
+    from tables.db import is_transient
+
+    for attempt in range(1, attempts + 1):
+        try:
+            step()
+            return
+        except Exception as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+            log.warning(
+                "database not reachable at startup, retrying",
+                extra={"attempt": attempt, "error": str(exc)[:300]},
+            )
+            time.sleep(min(2.0, 0.1 * 2**attempt))
 
 
 # ----------------------------------------------------------------------- produce

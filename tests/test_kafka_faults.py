@@ -1,0 +1,138 @@
+"""Kafka mode under faults: kill -9 mid-stream, scale-out with a rebalance, broker restart.
+
+Each compares the final table with an expectation computed independently from the
+generated stream (counts per user), so a lost or a double-counted increment shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.kafka_helpers import (
+    ROOT,
+    Worker,
+    create_topics,
+    drained,
+    mixed_stream,
+    new_namespace,
+    produce,
+    table,
+    wait_for,
+    write_config,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
+
+
+async def applied(engine: AsyncEngine, group: str) -> int:
+    """Repartition records covered by committed flushes (all partitions)."""
+    async with engine.connect() as conn:
+        total = await conn.scalar(
+            text(
+                "SELECT coalesce(sum(next_offset), 0) FROM challenge_consumer_offsets "
+                "WHERE consumer_group = :g"
+            ),
+            {"g": group},
+        )
+    return int(total or 0)
+
+
+async def settle(bootstrap: str, engine: AsyncEngine, ns: str, workers: list[Worker]) -> None:
+    async def done() -> bool:
+        for w in workers:
+            assert w.proc is not None and w.proc.poll() is None, w.tail()
+        return await drained(bootstrap, engine, ns, workers[0].group)
+
+    await wait_for(done, 120, "workers drained", every=0.5)
+
+
+async def test_kill_9_mid_stream_then_restart_is_exact(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 50_000, 1_000)
+    config = write_config(tmp_path)
+    first = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w1.log").start()
+    try:
+        await produce(kafka_bootstrap, records[:25_000])
+        await first.wait_ready()
+        rest = asyncio.create_task(produce(kafka_bootstrap, records[25_000:]))
+
+        async def mid_stream() -> bool:
+            return await applied(pg_engine, first.group) >= 15_000
+
+        await wait_for(mid_stream, 60, "first worker mid-stream")
+        first.kill()
+        await rest
+        assert not await drained(kafka_bootstrap, pg_engine, ns, first.group)
+    finally:
+        first.kill()
+    second = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w2.log").start()
+    try:
+        await settle(kafka_bootstrap, pg_engine, ns, [second])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        second.terminate()
+
+
+async def test_two_workers_one_leaves_mid_stream_is_exact(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 30_000, 1_000, seed=11)
+    config = write_config(tmp_path)
+    a = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "a.log").start()
+    b = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "b.log").start()
+    try:
+        await a.wait_ready()
+        await b.wait_ready()
+        await produce(kafka_bootstrap, records[:15_000])
+
+        async def both_working() -> bool:
+            a_done = a.metric("challenge_event_handler_events_processed_total") or 0
+            b_done = b.metric("challenge_event_handler_events_processed_total") or 0
+            return a_done > 1000 and b_done > 1000
+
+        await wait_for(both_working, 60, "both workers processing")
+        rest = asyncio.create_task(produce(kafka_bootstrap, records[15_000:]))
+        assert b.terminate() == 0, b.tail()
+        await rest
+        await settle(kafka_bootstrap, pg_engine, ns, [a])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        b.kill()
+        a.terminate()
+
+
+def services(*args: str) -> None:
+    subprocess.run(["bash", str(ROOT / "scripts" / "services.sh"), *args], check=True, timeout=180)
+
+
+async def test_broker_restart_mid_stream_worker_recovers(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 20_000, 500, seed=5)
+    w = Worker(pg_url, kafka_bootstrap, ns, write_config(tmp_path), tmp_path / "w.log").start()
+    try:
+        await w.wait_ready()
+        await produce(kafka_bootstrap, records[:10_000])
+        await wait_for(lambda: applied(pg_engine, w.group), 60, "some progress")
+        try:
+            services("stop", "kafka")
+        finally:
+            services("start", "kafka")
+        await produce(kafka_bootstrap, records[10_000:])
+        await settle(kafka_bootstrap, pg_engine, ns, [w])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        w.terminate()
