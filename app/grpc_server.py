@@ -81,10 +81,14 @@ class EventHandler:
     ) -> empty_pb2.Empty:
         started = time.perf_counter()
         metrics.GRPC_IN_FLIGHT.inc()
-        code = grpc.StatusCode.OK
-        message = ""
+        code, message = grpc.StatusCode.INTERNAL, "internal error"
         try:
             code, message = await self._process(decode, request)
+        except asyncio.CancelledError:  # the caller gave up (deadline, disconnect, shutdown)
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:  # a bug: answer INTERNAL (the bridge retries), keep serving
+            log.exception("OnMessage failed")
         finally:
             metrics.GRPC_IN_FLIGHT.dec()
             self._count(method, code, time.perf_counter() - started)
