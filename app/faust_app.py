@@ -42,6 +42,7 @@ def create_app(
         topic_partitions=kafka.repartition_partitions,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger=0.005,  # batch the forwarded records instead of one request each
         broker_commit_interval=1.0,
         # a killed worker's partitions move after this long (Faust's default is 60 s)
         broker_session_timeout=kafka.session_timeout,

@@ -12,6 +12,8 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.events import Event, EventType
+from app.kafka_codec import Forwarded, encode
 from tables.schema import user_goal_progress
 from tests.kafka_helpers import (
     BASE_TIME,
@@ -173,3 +175,34 @@ async def test_one_users_absolute_values_across_partitions_end_at_the_last(
     await produce(kafka_bootstrap, records)
     await settle(kafka_bootstrap, pg_engine, ns, worker)
     assert await table(pg_engine) == {("solo", "wins-10"): (1000, "completed")}
+
+
+async def test_copies_forwarded_twice_by_the_source_hop_are_applied_once(
+    kafka_bootstrap: str, pg_engine: AsyncEngine, ns: str, worker: Worker
+):
+    """A crash between forwarding and committing the source offset forwards again: the
+    copy carries the same source position and must be dropped."""
+    by_user = f"{ns}.{worker.group}.events-by-user"
+    source = login_topic(ns)
+
+    def forwarded(source_offset: int, seconds: int) -> Record:
+        event = Event(
+            event_id=f"e{source_offset}",
+            type=EventType.LOGIN,
+            namespace=ns,
+            user_id="dup",
+            event_time=BASE_TIME + timedelta(seconds=seconds),
+        )
+        value = encode(Forwarded(event, source, 0, source_offset, None))
+        return Record(by_user, value, key=b"dup")
+
+    await produce(
+        kafka_bootstrap,
+        [forwarded(5, 1), forwarded(5, 1), forwarded(3, 2), forwarded(6, 3), forwarded(6, 3)],
+    )
+    await settle(kafka_bootstrap, pg_engine, ns, worker)
+    assert await table(pg_engine) == {
+        ("dup", "login-5"): (2, "in_progress"),
+        ("dup", "daily-login"): (1, "completed"),
+    }
+    assert worker.metric("challenge_event_handler_kafka_redelivered_total") == 3
