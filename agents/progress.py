@@ -79,6 +79,11 @@ class ProgressRuntime:
         self.latest = LatestValues(pipeline.config)
         pipeline.flusher.extra_for = self.extra_for
 
+    def use_config(self, config: ChallengeConfig) -> None:
+        """A reloaded challenges.json: goal index and the late-value rule follow it."""
+        self.pipeline.config = config
+        self.latest = LatestValues(config)
+
     # ------------------------------------------------------------------ flush side
 
     def extra_for(self, generation: Generation) -> Extra | None:

@@ -9,7 +9,9 @@ dedup buffer is the core in-memory Generation buffer, not a Faust table (docs/ka
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import faust
 from agents.ingest import make_ingest_agent
 from agents.progress import ProgressRuntime, make_progress_agent
 from app import kafka_metrics
-from app.challenges import ChallengeConfig
+from app.challenges import ChallengeConfig, ConfigError, load_config
 from app.kafka_settings import KafkaSettings, dlq_topic
 from app.pipeline import Pipeline
 from app.settings import Settings
@@ -71,6 +73,8 @@ def create_app(
     @app.task
     async def start_flusher() -> None:
         pipeline.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reload_config, runtime, settings.config_path)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set, **_: Any) -> None:
@@ -88,3 +92,20 @@ def create_app(
         await engine.dispose()
 
     return app, runtime
+
+
+def reload_config(runtime: ProgressRuntime, path: Path) -> bool:
+    """SIGHUP: validate first; keep the running config when the new one is invalid."""
+    try:
+        config = load_config(path)
+    except (ConfigError, OSError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        for problem in problems:
+            log.error("config reload refused", extra={"problem": problem, "path": str(path)})
+        return False
+    runtime.use_config(config)
+    log.info(
+        "config reloaded",
+        extra={"path": str(path), "challenges": len(config.challenges), "goals": len(config.goals)},
+    )
+    return True

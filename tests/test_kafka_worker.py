@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -206,3 +207,38 @@ async def test_copies_forwarded_twice_by_the_source_hop_are_applied_once(
         ("dup", "daily-login"): (1, "completed"),
     }
     assert worker.metric("challenge_event_handler_kafka_redelivered_total") == 3
+
+
+async def test_sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise(
+    kafka_bootstrap: str, pg_engine: AsyncEngine, ns: str, worker: Worker
+):
+    config_path = Path(worker.env["CONFIG_PATH"])
+    valid = copy.deepcopy(TEST_CONFIG)
+    valid["challenges"][0]["goals"].append(
+        {"goalId": "login-any", "name": "l", "eventSource": "login", "type": "increment",
+         "requirement": {"targetValue": 1000, "operator": ">="}}
+    )  # fmt: skip
+    assert worker.proc is not None
+
+    async def logged(text_: str, count: int) -> bool:
+        return worker.log.read_text(errors="replace").count(text_) >= count
+
+    write_config(config_path.parent, {"challenges": []})
+    worker.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: logged("config reload refused", 1), 30, "reload refused")
+    await produce(kafka_bootstrap, [Record(login_topic(ns), login_json(ns, "before", BASE_TIME))])
+    await settle(kafka_bootstrap, pg_engine, ns, worker)
+
+    write_config(config_path.parent, valid)
+    worker.proc.send_signal(signal.SIGHUP)
+    await wait_for(lambda: logged("config reloaded", 1), 30, "config reloaded")
+    await produce(kafka_bootstrap, [Record(login_topic(ns), login_json(ns, "after", BASE_TIME))])
+    await settle(kafka_bootstrap, pg_engine, ns, worker)
+    assert {goal for user, goal in await table(pg_engine) if user == "before"} == {
+        "login-5",
+        "daily-login",
+    }
+    assert {goal for user, goal in await table(pg_engine) if user == "after"} == {
+        "login-5",
+        "login-any",
+    }
