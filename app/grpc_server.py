@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from app import metrics
@@ -152,6 +153,40 @@ def reload_config(pipeline: Pipeline, path: Any) -> ChallengeConfig | None:
     return config
 
 
+def build_server(handler: EventHandler, monitor: HealthMonitor, port: int, max_rpcs: int):
+    """Both event services, health and reflection on one grpc.aio server."""
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=max_rpcs,
+        options=[("grpc.so_reuseport", 0)],  # a second instance on the port fails loudly
+    )
+    login, stat = _servicers(handler)
+    protos.login_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(login, server)
+    protos.stat_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(stat, server)
+    health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
+    reflection.enable_server_reflection(
+        (LOGIN_SERVICE, STAT_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+    )
+    server.add_insecure_port(f"[::]:{port}")
+    return server
+
+
+def install_signals(stop: asyncio.Event, pipeline: Pipeline, config_path: Any) -> None:
+    """SIGTERM/SIGINT -> drain (a second one exits at once); SIGHUP -> reload config."""
+    loop = asyncio.get_running_loop()
+
+    def on_stop_signal() -> None:
+        if stop.is_set():  # the operator insists: whatever is still buffered is lost
+            log.error(
+                "second stop signal: exiting now", extra={"pending": pipeline.flusher.pending}
+            )
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop_signal)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(pipeline, config_path))
+
+
 async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOptions) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     log.info("migrating database schema")
@@ -163,42 +198,21 @@ async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOption
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     health_engine = make_engine(settings.database_url, pool_size=1)
     pipeline = Pipeline(settings, config, engine)
-    pipeline.start()
     monitor = HealthMonitor(
         health_engine, (LOGIN_SERVICE, STAT_SERVICE), interval=options.health_interval
     )
     handler = EventHandler(pipeline, settings, options)
-    login, stat = _servicers(handler)
-
-    server = grpc.aio.server(
-        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
-        options=[("grpc.so_reuseport", 0)],
-    )
-    protos.login_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(login, server)
-    protos.stat_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(stat, server)
-    from grpc_health.v1 import health_pb2_grpc
-
-    health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
-    reflection.enable_server_reflection(
-        (LOGIN_SERVICE, STAT_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
-    )
-    server.add_insecure_port(f"[::]:{settings.grpc_port}")
-
+    try:
+        server = build_server(handler, monitor, settings.grpc_port, options.max_concurrent_rpcs)
+    except RuntimeError as exc:  # port taken
+        log.error("cannot listen", extra={"grpc_port": settings.grpc_port, "error": str(exc)})
+        await engine.dispose()
+        await health_engine.dispose()
+        return 1
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    install_signals(stop, pipeline, settings.config_path)
 
-    def on_stop_signal() -> None:
-        if stop.is_set():  # a second signal: the operator insists (buffered events lost)
-            log.error(
-                "second stop signal: exiting now", extra={"pending": pipeline.flusher.pending}
-            )
-            os._exit(1)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop_signal)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(pipeline, settings.config_path))
-
+    pipeline.start()
     await monitor.check_once()
     monitor.start()
     await server.start()
@@ -220,7 +234,7 @@ async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOption
     await monitor.drain()
     pipeline.flusher.request_flush()  # durable calls in flight: commit them now
     await server.stop(options.shutdown_grace)
-    await pipeline.close()
+    await pipeline.close()  # final flush: buffered acks and anything still pending
     await engine.dispose()
     with contextlib.suppress(Exception):
         await health_engine.dispose()
