@@ -21,6 +21,7 @@ class SettingsError(ValueError):
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SSLMODE = re.compile(r"([?&])sslmode=")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -66,6 +67,7 @@ def async_database_url(name: str, url: str) -> str:
         raise SettingsError(f"{name}: not a URL: {url!r}")
     base = scheme.split("+", 1)[0].lower()
     if base in ("postgresql", "postgres"):
+        rest = _SSLMODE.sub(r"\1ssl=", rest)  # libpq spells it sslmode=, asyncpg ssl=
         return f"postgresql+asyncpg://{rest}"
     if base == "sqlite":
         return f"sqlite+aiosqlite://{rest}"

@@ -53,6 +53,10 @@ def test_defaults_and_database_selection():
         async_database_url("X", "postgresql://u:p@h:5432/d") == "postgresql+asyncpg://u:p@h:5432/d"
     )
     assert async_database_url("X", "sqlite:///tmp/x.db") == "sqlite+aiosqlite:///tmp/x.db"
+    assert (
+        async_database_url("X", "postgresql://u:p@h/d?sslmode=require")
+        == "postgresql+asyncpg://u:p@h/d?ssl=require"
+    )
 
 
 def test_namespace_required_in_grpc_mode():
