@@ -136,3 +136,29 @@ async def test_broker_restart_mid_stream_worker_recovers(
         assert await table(pg_engine) == expected.rows()
     finally:
         w.terminate()
+
+
+async def test_tiny_buffer_backpressure_loses_nothing(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    """BUFFER_MAX_SIZE far below the working set: the progress agent waits for flushes
+    (consumption pauses) and the result is still exact."""
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 5_000, 1_000, seed=3, keyed=False)
+    await produce(kafka_bootstrap, records)
+    w = Worker(
+        pg_url,
+        kafka_bootstrap,
+        ns,
+        write_config(tmp_path),
+        tmp_path / "w.log",
+        BUFFER_MAX_SIZE="50",
+        BUFFER_FLUSH_INTERVAL="1s",
+    ).start()
+    try:
+        await settle(kafka_bootstrap, pg_engine, ns, [w])
+        assert await table(pg_engine) == expected.rows()
+        assert (w.metric("challenge_event_handler_buffer_size") or 0) <= 50
+    finally:
+        w.terminate()
