@@ -197,7 +197,7 @@ async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOption
         return 1
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     health_engine = make_engine(settings.database_url, pool_size=1)
-    pipeline = Pipeline(settings, config, engine)
+    pipeline = Pipeline(settings, config, engine, record_event_ids=True)
     monitor = HealthMonitor(
         health_engine, (LOGIN_SERVICE, STAT_SERVICE), interval=options.health_interval
     )

@@ -61,7 +61,15 @@ def source_of(event: Event) -> Source:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, config: ChallengeConfig, engine: AsyncEngine):
+    def __init__(
+        self,
+        settings: Settings,
+        config: ChallengeConfig,
+        engine: AsyncEngine,
+        *,
+        record_event_ids: bool = False,
+    ):
+        """`record_event_ids`: also dedup redeliveries across replicas and restarts (gRPC)."""
         self.settings = settings
         self.config = config
         self.engine = engine
@@ -77,6 +85,7 @@ class Pipeline:
             max_size=settings.buffer_max_size,
             on_flush=self._flushed,
             on_retry=self._retrying,
+            event_id_window=settings.dedup_window if record_event_ids else None,
         )
         self.dedup = DedupWindow(settings.dedup_window)
         # What happened to submitted events (for summaries; metrics hold the same counts).
@@ -135,6 +144,8 @@ class Pipeline:
         metrics.FLUSH_DURATION.observe(elapsed)
         metrics.DB_BATCH_SIZE.observe(result.rows)
         metrics.BUFFER_SIZE.set(self.flusher.pending)
+        if result.duplicates:
+            metrics.DUPLICATES.inc(result.duplicates)
         if result.missing:
             metrics.DROPPED_ROWS.labels("no_row").inc(result.missing)
         if result.skipped:
@@ -152,6 +163,7 @@ class Pipeline:
                 "updated": result.updated,
                 "skipped": result.skipped,
                 "missing": result.missing,
+                "duplicates": result.duplicates,
                 "poisoned": len(result.poisoned),
                 "statements": result.statements,
                 "duration_ms": round(elapsed * 1000, 2),

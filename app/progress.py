@@ -21,6 +21,7 @@ flush can apply several days of a replay in order, exactly like live processing 
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -166,6 +167,24 @@ BufferKey = tuple[str, str, datetime | None]
 def applies(goal: Goal, event: Event) -> bool:
     """Negative stat values are ignored for value-setting goals (SPEC §4)."""
     return event.value >= 0 or family_of(goal) is not Family.SET
+
+
+def fold(deltas: dict[BufferKey, Delta], event: Event, goals: Iterable[Goal]) -> int:
+    """Merge one event into the pending deltas; returns how many goals it moved."""
+    moved = 0
+    for goal in goals:
+        if not applies(goal, event):
+            continue
+        period = period_of(goal, event.event_time)
+        key = (event.user_id, goal.goal_id, period[0] if period else None)
+        delta = deltas.get(key)
+        if delta is None:
+            delta = deltas[key] = Delta(
+                goal, event.user_id, event.namespace, period, event.event_time
+            )
+        delta.add(event)
+        moved += 1
+    return moved
 
 
 # ------------------------------------------------------------------ the oracle

@@ -20,7 +20,8 @@ from typing import Any
 
 from app.challenges import Goal
 from app.events import Event
-from app.progress import BufferKey, Delta, applies, period_of
+from app.progress import BufferKey, Delta, fold
+from tables.event_ids import EventClaim, prune
 from tables.writer import Extra, TransientWriteError, Writer, WriteResult
 
 log = logging.getLogger(__name__)
@@ -42,25 +43,16 @@ class Generation:
     events: int = 0
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. Kafka positions
+    # With event-id tracking: every event with its goals, to re-fold without duplicates.
+    log: list[tuple[Event, tuple[Goal, ...]]] | None = None
 
     def add(self, event: Event, goals: Iterable[Goal]) -> int:
         """Merge the event into its deltas; returns how many goals it moved."""
-        moved = 0
         self.events += 1
-        deltas = self.deltas
-        for goal in goals:
-            if not applies(goal, event):
-                continue
-            period = period_of(goal, event.event_time)
-            key = (event.user_id, goal.goal_id, period[0] if period else None)
-            delta = deltas.get(key)
-            if delta is None:
-                delta = deltas[key] = Delta(
-                    goal, event.user_id, event.namespace, period, event.event_time
-                )
-            delta.add(event)
-            moved += 1
-        return moved
+        if self.log is not None and event.event_id:
+            goals = tuple(goals)
+            self.log.append((event, goals))
+        return fold(self.deltas, event, goals)
 
 
 FlushListener = Callable[[Generation, WriteResult, float], None]
@@ -79,6 +71,7 @@ class Flusher:
         on_flush: FlushListener | None = None,
         on_retry: Callable[[BaseException, int], None] | None = None,
         max_backoff: float = 5.0,
+        event_id_window: float | None = None,
     ):
         self.writer = writer
         self.interval = interval
@@ -87,6 +80,9 @@ class Flusher:
         self.on_flush = on_flush
         self.on_retry = on_retry
         self.max_backoff = max_backoff
+        # Record event ids with the rows (gRPC): dedup across replicas and restarts.
+        self.event_id_window = event_id_window
+        self._pruned_at = time.monotonic()
         self.current: Generation | None = None
         self.flushing: Generation | None = None
         self._wake = asyncio.Event()
@@ -105,7 +101,7 @@ class Flusher:
 
     def generation(self) -> Generation:
         if self.current is None:
-            self.current = Generation()
+            self.current = Generation(log=None if self.event_id_window is None else [])
         return self.current
 
     def try_add(self, event: Event, goals: Iterable[Goal]) -> tuple[Generation, int] | None:
@@ -193,22 +189,29 @@ class Flusher:
         self._space.set()  # the next generation may fill while this one is written
         deltas = list(generation.deltas.values())
         extra = self.extra_for(generation) if self.extra_for else None
+        claim = (
+            EventClaim(generation.log, self.event_id_window)
+            if generation.log and self.event_id_window is not None
+            else None
+        )
         attempt = 0
         started = time.perf_counter()
         result = WriteResult()
         while deltas or extra is not None:
             try:
-                result.merge(await self.writer.write(deltas, extra))
+                result.merge(await self.writer.write(deltas, extra, claim=claim))
                 break
             except TransientWriteError as exc:
                 if exc.remaining is not None:  # some shards committed: retry only the rest
                     deltas = exc.remaining
                     result.merge(exc.committed)
+                    if claim is not None:
+                        claim = claim.only_users({d.user_id for d in deltas})
                 attempt += 1
                 self.last_error = exc
                 if self.on_retry:
                     self.on_retry(exc, attempt)
-                delay = min(self.max_backoff, 0.05 * 2**attempt)
+                delay = min(self.max_backoff, 0.05 * 2 ** min(attempt, 16))
                 log.warning(
                     "flush failed, retrying",
                     extra={
@@ -225,7 +228,7 @@ class Flusher:
                 if self.on_retry:
                     self.on_retry(exc, attempt)
                 log.exception("flush failed unexpectedly, retrying", extra={"attempt": attempt})
-                await asyncio.sleep(min(self.max_backoff, 0.05 * 2**attempt))
+                await asyncio.sleep(min(self.max_backoff, 0.05 * 2 ** min(attempt, 16)))
         self.last_error = None
         elapsed = time.perf_counter() - started
         self.flushing = None
@@ -234,3 +237,15 @@ class Flusher:
         if not generation.done.done():
             generation.done.set_result(result)
         self._space.set()
+        if claim is not None and time.monotonic() - self._pruned_at > 60:
+            self._pruned_at = time.monotonic()
+            await self._prune_event_ids()
+
+    async def _prune_event_ids(self) -> None:
+        """Forget event ids older than the window (best effort, its own transaction)."""
+        try:
+            async with self.writer.engine.begin() as conn:
+                removed = await prune(conn)
+            log.debug("expired event ids pruned", extra={"rows": removed})
+        except Exception as exc:
+            log.warning("pruning event ids failed", extra={"error": str(exc)[:300]})

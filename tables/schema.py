@@ -109,3 +109,13 @@ challenge_dead_letters = Table(
     Column("reason", Text, nullable=False),
     Column("payload", Text, nullable=False),
 )
+
+# gRPC mode: event ids applied within DEDUP_WINDOW, recorded in the flush transaction.
+challenge_processed_events = Table(
+    "challenge_processed_events",
+    metadata,
+    Column("event_id", Text, nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+    PrimaryKeyConstraint("event_id", name="challenge_processed_events_pkey"),
+)
+Index("idx_challenge_processed_events_expires", challenge_processed_events.c.expires_at)

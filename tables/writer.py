@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.progress import Delta
 from tables.db import is_transient
+from tables.event_ids import EventClaim
 from tables.merge_sql import SOURCE_COLUMNS, build_statements
 from tables.schema import challenge_dead_letters
 
@@ -58,6 +59,7 @@ class WriteResult:
     updated: int = 0
     inserted: int = 0
     missing: int = 0  # ASSIGNMENT_MODE=required: no row to update
+    duplicates: int = 0  # events already applied by an earlier flush (event-id claim)
     statements: int = 0
     poisoned: list[tuple[Delta, str]] = field(default_factory=list)
 
@@ -66,6 +68,7 @@ class WriteResult:
         self.updated += other.updated
         self.inserted += other.inserted
         self.missing += other.missing
+        self.duplicates += other.duplicates
         self.statements += other.statements
         self.poisoned.extend(other.poisoned)
 
@@ -152,7 +155,12 @@ class Writer:
         self.parallelism = parallelism if self.dialect == "postgresql" else 1
 
     async def write(
-        self, deltas: Sequence[Delta], extra: Extra | None = None, *, source: str = "flush"
+        self,
+        deltas: Sequence[Delta],
+        extra: Extra | None = None,
+        *,
+        source: str = "flush",
+        claim: EventClaim | None = None,
     ) -> WriteResult:
         """Commit every delta (or dead-letter the poison ones) plus `extra`.
 
@@ -160,15 +168,26 @@ class Writer:
         flush is split by user into `parallelism` shards written concurrently, each its
         own transaction; a shard that fails is reported in TransientWriteError.remaining
         so only it is retried (the others are committed and must not be applied twice).
+        With `claim`, the flush's event ids are recorded in the same transaction and
+        events already applied (by another replica, or before a restart) are left out.
         """
         shards = min(self.parallelism, len(deltas) // self.batch_size)
         if extra is not None or shards < 2:
-            return await self._write_one(deltas, extra, source)
+            return await self._write_one(deltas, extra, source, claim)
         parts: list[list[Delta]] = [[] for _ in range(shards)]
         for delta in deltas:
             parts[hash(delta.user_id) % shards].append(delta)
         outcomes = await asyncio.gather(
-            *(self._write_one(part, None, source) for part in parts), return_exceptions=True
+            *(
+                self._write_one(
+                    part,
+                    None,
+                    source,
+                    None if claim is None else claim.only_users({d.user_id for d in part}),
+                )
+                for part in parts
+            ),
+            return_exceptions=True,
         )
         total, remaining, failure = WriteResult(), [], None
         for part, outcome in zip(parts, outcomes, strict=True):
@@ -184,25 +203,40 @@ class Writer:
         return total
 
     async def _write_one(
-        self, deltas: Sequence[Delta], extra: Extra | None, source: str
+        self,
+        deltas: Sequence[Delta],
+        extra: Extra | None,
+        source: str,
+        claim: EventClaim | None = None,
     ) -> WriteResult:
-        rounds = rounds_of(deltas)
         try:
-            return await self._transaction(rounds, extra, isolate=False, source=source)
+            return await self._transaction(deltas, extra, claim, isolate=False, source=source)
         except _Poison as poison:
             log.warning(
                 "batch refused by the database, isolating bad rows",
                 extra={"error": str(poison.cause)[:500], "rows": len(deltas)},
             )
-        return await self._transaction(rounds, extra, isolate=True, source=source)
+        return await self._transaction(deltas, extra, claim, isolate=True, source=source)
 
     async def _transaction(
-        self, rounds: list[list[Delta]], extra: Extra | None, *, isolate: bool, source: str
+        self,
+        deltas: Sequence[Delta],
+        extra: Extra | None,
+        claim: EventClaim | None,
+        *,
+        isolate: bool,
+        source: str,
     ) -> WriteResult:
-        result = WriteResult(rows=sum(len(r) for r in rounds))
+        result = WriteResult()
         try:
             async with self.engine.begin() as conn:
-                for round_deltas in rounds:
+                if claim is not None:
+                    duplicates = await claim.record(conn)
+                    if duplicates:
+                        result.duplicates = len(duplicates)
+                        deltas = claim.refold(duplicates)
+                result.rows = len(deltas)
+                for round_deltas in rounds_of(deltas):
                     for start in range(0, len(round_deltas), self.batch_size):
                         chunk = round_deltas[start : start + self.batch_size]
                         if isolate:

@@ -171,11 +171,11 @@ class _OneShardFailsOnce(Writer):
         self.victim = victim
         self.failed = False
 
-    async def _write_one(self, deltas, extra, source):
+    async def _write_one(self, deltas, extra, source, claim=None):
         if not self.failed and any(d.user_id == self.victim for d in deltas):
             self.failed = True
             raise TransientWriteError("injected: connection lost")
-        return await super()._write_one(deltas, extra, source)
+        return await super()._write_one(deltas, extra, source, claim)
 
 
 async def test_parallel_shards_retry_only_the_failed_one(pg_engine):
@@ -190,3 +190,25 @@ async def test_parallel_shards_retry_only_the_failed_one(pg_engine):
     assert writer.failed
     assert len(found) == 400
     assert {r.progress for r in found.values()} == {2}  # nothing lost, nothing applied twice
+
+
+class _FailsManyTimes(Writer):
+    """A long outage in fast motion: the first `failures` writes fail."""
+
+    def __init__(self, *args, failures: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+
+    async def write(self, deltas, extra=None, **kwargs):
+        if self.failures:
+            self.failures -= 1
+            raise TransientWriteError("injected: database down")
+        return await super().write(deltas, extra, **kwargs)
+
+
+async def test_a_very_long_outage_does_not_break_the_retry_loop(engine):
+    """Backoff stays capped after thousands of attempts (no float overflow)."""
+    flusher = Flusher(_FailsManyTimes(engine, failures=1500), max_backoff=0)
+    flusher.try_add(login("patient", "2026-11-20 10:00"), config(goal("l", "login")).goals)
+    await flusher.flush_now()
+    assert (await row(engine, "patient", "l")).status == "completed"

@@ -1,0 +1,86 @@
+"""Event ids recorded in the flush transaction that applies them (gRPC redelivery).
+
+The in-memory dedup window only covers one process. A redelivery that reaches another
+replica, or arrives after a restart (the bridge never got our ack), would count twice on
+counter goals. So each flush also records its event ids in `challenge_processed_events`
+inside the same transaction as the rows; ids already recorded (and not expired) are
+duplicates, and the flush's deltas are re-folded without those events before writing.
+Two replicas racing on one id serialise on its primary key: one applies it, one skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.challenges import Goal
+from app.events import Event, now_utc
+from app.progress import BufferKey, Delta, fold
+
+_RECORD = {
+    "postgresql": (
+        "INSERT INTO challenge_processed_events (event_id, expires_at) "
+        "SELECT u.id, CAST(:expires AS TIMESTAMP) FROM unnest(CAST(:ids AS TEXT[])) AS u(id) "
+        "ORDER BY u.id "
+        "ON CONFLICT (event_id) DO UPDATE SET expires_at = excluded.expires_at "
+        "WHERE challenge_processed_events.expires_at < CAST(:now AS TIMESTAMP) "
+        "RETURNING event_id"
+    ),
+    "sqlite": (
+        "INSERT INTO challenge_processed_events (event_id, expires_at) "
+        "SELECT value, :expires FROM json_each(:ids) WHERE true ORDER BY value "
+        "ON CONFLICT (event_id) DO UPDATE SET expires_at = excluded.expires_at "
+        "WHERE challenge_processed_events.expires_at < :now "
+        "RETURNING event_id"
+    ),
+}
+_PRUNE = "DELETE FROM challenge_processed_events WHERE expires_at < :now"
+
+
+def _bind_time(dialect: str, moment: datetime):
+    return moment if dialect == "postgresql" else moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@dataclass
+class EventClaim:
+    """The events of (part of) one flush, to record and, on duplicates, re-fold."""
+
+    log: Sequence[tuple[Event, tuple[Goal, ...]]]
+    window: float
+
+    def only_users(self, users: set[str]) -> EventClaim:
+        return EventClaim([item for item in self.log if item[0].user_id in users], self.window)
+
+    async def record(self, conn: AsyncConnection) -> set[str]:
+        """Record the ids; returns those already recorded within the window."""
+        ids = list(dict.fromkeys(event.event_id for event, _ in self.log))
+        if not ids:
+            return set()
+        dialect = conn.dialect.name
+        now = now_utc()
+        params = {
+            "ids": ids if dialect == "postgresql" else orjson.dumps(ids).decode(),
+            "now": _bind_time(dialect, now),
+            "expires": _bind_time(dialect, now + timedelta(seconds=self.window)),
+        }
+        fresh = {row[0] for row in await conn.execute(text(_RECORD[dialect]), params)}
+        return set(ids) - fresh
+
+    def refold(self, duplicates: set[str]) -> list[Delta]:
+        """The flush's deltas without the events already applied elsewhere."""
+        deltas: dict[BufferKey, Delta] = {}
+        for event, goals in self.log:
+            if event.event_id not in duplicates:
+                fold(deltas, event, goals)
+        return list(deltas.values())
+
+
+async def prune(conn: AsyncConnection) -> int:
+    dialect = conn.dialect.name
+    result = await conn.execute(text(_PRUNE), {"now": _bind_time(dialect, now_utc())})
+    return result.rowcount or 0
