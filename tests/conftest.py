@@ -95,6 +95,7 @@ CLEAN = (
     "DELETE FROM challenge_daily_marks",
     "DELETE FROM challenge_consumer_offsets",
     "DELETE FROM challenge_dead_letters",
+    "DELETE FROM challenge_processed_events",
 )
 
 
