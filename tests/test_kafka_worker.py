@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import signal
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -77,7 +77,8 @@ async def test_both_shapes_keyed_and_unkeyed(
     kafka_bootstrap: str, pg_engine: AsyncEngine, ns: str, worker: Worker
 ):
     t0 = BASE_TIME + timedelta(hours=8)
-    record_time = BASE_TIME + timedelta(days=1, hours=3)
+    # inside the broker's retention (older records may be deleted before they are read)
+    record_time = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
     records = [
         # proto-JSON shape, keyed by something that is not the user id
         Record(login_topic(ns), login_json(ns, "alice", t0), key=b"session-1"),
