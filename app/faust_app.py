@@ -9,9 +9,7 @@ dedup buffer is the core in-memory Generation buffer, not a Faust table (docs/ka
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -73,8 +71,6 @@ def create_app(
     @app.task
     async def start_flusher() -> None:
         pipeline.start()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, reload_config, runtime, settings.config_path)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set, **_: Any) -> None:

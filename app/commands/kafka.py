@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ def register(sub) -> None:
 def cmd_worker(args) -> int:
     import faust
 
-    from app.faust_app import create_app
+    from app.faust_app import create_app, reload_config
     from tables.migrate import upgrade
 
     settings = Settings.from_env()
@@ -47,8 +48,11 @@ def cmd_worker(args) -> int:
 
     asyncio.run(ensure_event_topics(kafka))
     serve_metrics(settings.metrics_port)
-    asyncio.set_event_loop(asyncio.new_event_loop())  # upgrade() ran (and closed) its own
-    app, _runtime = create_app(settings, kafka, config)
+    loop = asyncio.new_event_loop()  # upgrade() ran (and closed) its own
+    asyncio.set_event_loop(loop)
+    app, runtime = create_app(settings, kafka, config)
+    # before anything runs: SIGHUP's default action would end the process
+    loop.add_signal_handler(signal.SIGHUP, reload_config, runtime, settings.config_path)
     log.info(
         "kafka worker starting",
         extra={
@@ -65,6 +69,7 @@ def cmd_worker(args) -> int:
         redirect_stdouts=False,
         quiet=True,
     )
+    worker.spinner = None  # no terminal escape codes in the JSON log stream
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
