@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.events import Event, EventType
@@ -18,6 +20,7 @@ from app.kafka_codec import Forwarded, encode
 from tables.schema import user_goal_progress
 from tests.kafka_helpers import (
     BASE_TIME,
+    ROOT,
     TEST_CONFIG,
     Expected,
     Record,
@@ -243,3 +246,34 @@ async def test_sighup_reloads_a_valid_config_and_keeps_the_old_one_otherwise(
         "login-5",
         "login-any",
     }
+
+
+async def test_produce_command_then_progress_matches_the_core_file_replay(
+    kafka_bootstrap: str, pg_url: str, pg_engine: AsyncEngine, ns: str, worker: Worker,
+    tmp_path: Path,
+):  # fmt: skip
+    """The dev loop: `produce FILE` -> worker -> `progress USER`; the rows equal a run of
+    the same file through the core pipeline (`replay FILE`)."""
+    events = tmp_path / "events.jsonl"
+    sample = (ROOT / "config" / "sample-events.jsonl").read_text()
+    events.write_text(sample.replace('"mygame"', f'"{ns}"'))
+    env = {**worker.env, "LOG_LEVEL": "warning"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "app", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    assert "records" in cli("produce", str(events))
+    await settle(kafka_bootstrap, pg_engine, ns, worker)
+    assert "login-5" in cli("progress", "alice")
+    live = await table(pg_engine)
+    assert live
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("DELETE FROM user_goal_progress"))
+        await conn.execute(text("DELETE FROM challenge_daily_marks"))
+    cli("replay", str(events))
+    assert await table(pg_engine) == live
