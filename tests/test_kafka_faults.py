@@ -52,7 +52,7 @@ async def settle(bootstrap: str, engine: AsyncEngine, ns: str, workers: list[Wor
     await wait_for(done, 120, "workers drained", every=0.5)
 
 
-async def test_kill_9_mid_stream_then_restart_is_exact(
+async def test_kill_9_mid_stream_twice_then_restart_is_exact(
     pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
 ):
     ns = new_namespace()
@@ -74,12 +74,24 @@ async def test_kill_9_mid_stream_then_restart_is_exact(
         assert not await drained(kafka_bootstrap, pg_engine, ns, first.group)
     finally:
         first.kill()
+    # the second one dies too, while catching up (recovering from the first crash)
     second = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w2.log").start()
     try:
-        await settle(kafka_bootstrap, pg_engine, ns, [second])
+
+        async def catching_up() -> bool:
+            return await applied(pg_engine, first.group) >= 30_000
+
+        await wait_for(catching_up, 90, "second worker catching up")
+        second.kill()
+        assert not await drained(kafka_bootstrap, pg_engine, ns, first.group)
+    finally:
+        second.kill()
+    third = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w3.log").start()
+    try:
+        await settle(kafka_bootstrap, pg_engine, ns, [third])
         assert await table(pg_engine) == expected.rows()
     finally:
-        second.terminate()
+        third.terminate()
 
 
 async def test_two_workers_one_leaves_mid_stream_is_exact(
