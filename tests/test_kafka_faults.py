@@ -174,3 +174,25 @@ async def test_tiny_buffer_backpressure_loses_nothing(
         assert (w.metric("challenge_event_handler_buffer_size") or 0) <= 50
     finally:
         w.terminate()
+
+
+async def test_database_outage_mid_stream_worker_waits_and_catches_up(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 20_000, 500, seed=9)
+    w = Worker(pg_url, kafka_bootstrap, ns, write_config(tmp_path), tmp_path / "w.log").start()
+    try:
+        await w.wait_ready()
+        await produce(kafka_bootstrap, records[:10_000])
+        await wait_for(lambda: applied(pg_engine, w.group), 60, "some progress")
+        try:
+            services("stop", "pg")
+            await produce(kafka_bootstrap, records[10_000:])  # the broker takes them meanwhile
+        finally:
+            services("start", "pg")
+        await settle(kafka_bootstrap, pg_engine, ns, [w])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        w.terminate()
