@@ -51,7 +51,9 @@ def create_app(
         worker_redirect_stdouts=False,
     )
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
-    pipeline = Pipeline(settings, config, engine)
+    # event ids recorded with the rows: a duplicate id at another offset (a producer retry)
+    # is applied once even across restarts, within DEDUP_WINDOW
+    pipeline = Pipeline(settings, config, engine, record_event_ids=True)
 
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
     raw.update(key_serializer="raw", value_serializer="raw")

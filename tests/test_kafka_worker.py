@@ -277,3 +277,25 @@ async def test_produce_command_then_progress_matches_the_core_file_replay(
         await conn.execute(text("DELETE FROM challenge_daily_marks"))
     cli("replay", str(events))
     assert await table(pg_engine) == live
+
+
+async def test_same_event_id_at_another_offset_after_a_restart_is_applied_once(
+    pg_url: str, kafka_bootstrap: str, pg_engine: AsyncEngine, ns: str, worker: Worker,
+    tmp_path: Path,
+):  # fmt: skip
+    """A producer retry writes one event twice; the in-memory window is gone after a
+    restart, the event ids recorded with the rows are not."""
+    event = login_json(ns, "once", BASE_TIME)
+    await produce(kafka_bootstrap, [Record(login_topic(ns), event)])
+    await settle(kafka_bootstrap, pg_engine, ns, worker)
+    assert worker.terminate() == 0
+    again = Worker(
+        pg_url, kafka_bootstrap, ns, Path(worker.env["CONFIG_PATH"]), tmp_path / "again.log"
+    ).start()
+    try:
+        await again.wait_ready()
+        await produce(kafka_bootstrap, [Record(login_topic(ns), event)])
+        await settle(kafka_bootstrap, pg_engine, ns, again)
+    finally:
+        again.terminate()
+    assert (await table(pg_engine))[("once", "login-5")] == (1, "in_progress")
