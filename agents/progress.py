@@ -24,7 +24,7 @@ from app.pipeline import Pipeline
 from app.progress import Family, family_of
 from tables import positions as pos
 from tables.buffer import Generation
-from tables.db import is_transient
+from tables.db import backoff_delay, is_transient
 from tables.writer import Extra
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class ProgressRuntime:
                     "loading partition positions failed, retrying",
                     extra={"partition": partition, "attempt": attempt, "error": str(exc)[:300]},
                 )
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+                await asyncio.sleep(backoff_delay(attempt, base=0.1))
 
     def _pending(self, record: faust.EventT) -> None:
         generation = self.pipeline.flusher.generation()

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.settings import SettingsError, parse_duration
+from app.settings import parse_duration, positive_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +31,10 @@ class GrpcOptions:
         def duration(name: str, default: str) -> float:
             return parse_duration(name, (env.get(name) or "").strip() or default)
 
-        raw_rpcs = (env.get("GRPC_MAX_CONCURRENT_RPCS") or "").strip() or "2000"
-        try:
-            rpcs = int(raw_rpcs)
-        except ValueError:
-            rpcs = 0
-        if rpcs <= 0:
-            raise SettingsError(
-                f"GRPC_MAX_CONCURRENT_RPCS: expected a whole number > 0, got {raw_rpcs!r}"
-            )
+        rpcs = positive_int(
+            "GRPC_MAX_CONCURRENT_RPCS",
+            (env.get("GRPC_MAX_CONCURRENT_RPCS") or "").strip() or "2000",
+        )
         return cls(
             ack_timeout=duration("GRPC_ACK_TIMEOUT", "10s"),
             buffer_wait=duration("GRPC_BUFFER_WAIT", "5s"),

@@ -10,21 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from app.events import EventType
-from app.settings import Settings, SettingsError, parse_duration
+from app.settings import Settings, parse_duration, positive_int
 
 DEFAULT_GROUP = "challenge-event-handler"
 LOGIN_SUFFIX = "iam.account.v1.userLoggedIn"
 STAT_SUFFIX = "social.statistic.v1.statItemUpdated"
-
-
-def _count(name: str, raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name}: must be greater than zero, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +29,7 @@ class KafkaSettings:
     def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> KafkaSettings:
         env = os.environ if env is None else env
         group = (env.get("KAFKA_CONSUMER_GROUP") or DEFAULT_GROUP).strip()
-        parts = _count(
+        parts = positive_int(
             "KAFKA_REPARTITION_PARTITIONS", env.get("KAFKA_REPARTITION_PARTITIONS") or "8"
         )
         session = parse_duration("KAFKA_SESSION_TIMEOUT", env.get("KAFKA_SESSION_TIMEOUT") or "10s")

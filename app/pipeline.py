@@ -98,7 +98,12 @@ class Pipeline:
         await self.flusher.close()
 
     async def submit(self, event: Event, *, timeout: float | None = None) -> asyncio.Future | None:
-        """Buffer one validated event; the returned future resolves once it is committed."""
+        """Buffer one validated event; the returned future resolves once it is committed.
+
+        Nothing is awaited after the event joins its generation, so a caller can attach
+        bookkeeping to `flusher.generation()` right after this returns (Kafka positions
+        and acks rely on it).
+        """
         started = time.perf_counter()
         namespace = self.settings.namespace
         if namespace and event.namespace != namespace:

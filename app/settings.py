@@ -36,7 +36,7 @@ def parse_duration(name: str, raw: str) -> float:
     return seconds
 
 
-def _positive_int(name: str, raw: str) -> int:
+def positive_int(name: str, raw: str) -> int:
     try:
         value = int(raw.strip())
     except ValueError:
@@ -47,7 +47,7 @@ def _positive_int(name: str, raw: str) -> int:
 
 
 def _port(name: str, raw: str) -> int:
-    value = _positive_int(name, raw)
+    value = positive_int(name, raw)
     if value > 65535:
         raise SettingsError(f"{name}: not a port number: {raw!r}")
     return value
@@ -136,9 +136,9 @@ class Settings:
             flush_interval=parse_duration(
                 "BUFFER_FLUSH_INTERVAL", get("BUFFER_FLUSH_INTERVAL", "1s")
             ),
-            buffer_max_size=_positive_int("BUFFER_MAX_SIZE", get("BUFFER_MAX_SIZE", "10000")),
-            db_batch_size=_positive_int("DB_BATCH_SIZE", get("DB_BATCH_SIZE", "1000")),
-            db_pool_size=_positive_int("DB_POOL_SIZE", get("DB_POOL_SIZE", "10")),
+            buffer_max_size=positive_int("BUFFER_MAX_SIZE", get("BUFFER_MAX_SIZE", "10000")),
+            db_batch_size=positive_int("DB_BATCH_SIZE", get("DB_BATCH_SIZE", "1000")),
+            db_pool_size=positive_int("DB_POOL_SIZE", get("DB_POOL_SIZE", "10")),
             ack_mode=_choice("ACK_MODE", get("ACK_MODE", "durable"), ("durable", "buffered")),
             assignment_mode=_choice(
                 "ASSIGNMENT_MODE", get("ASSIGNMENT_MODE", "auto"), ("auto", "required")

@@ -21,6 +21,7 @@ from typing import Any
 from app.challenges import Goal
 from app.events import Event
 from app.progress import BufferKey, Delta, fold
+from tables.db import backoff_delay
 from tables.event_ids import EventClaim, prune
 from tables.writer import Extra, TransientWriteError, Writer, WriteResult
 
@@ -211,7 +212,7 @@ class Flusher:
                 self.last_error = exc
                 if self.on_retry:
                     self.on_retry(exc, attempt)
-                delay = min(self.max_backoff, 0.05 * 2 ** min(attempt, 16))
+                delay = backoff_delay(attempt, cap=self.max_backoff)
                 log.warning(
                     "flush failed, retrying",
                     extra={
@@ -228,7 +229,7 @@ class Flusher:
                 if self.on_retry:
                     self.on_retry(exc, attempt)
                 log.exception("flush failed unexpectedly, retrying", extra={"attempt": attempt})
-                await asyncio.sleep(min(self.max_backoff, 0.05 * 2 ** min(attempt, 16)))
+                await asyncio.sleep(backoff_delay(attempt, cap=self.max_backoff))
         self.last_error = None
         elapsed = time.perf_counter() - started
         self.flushing = None

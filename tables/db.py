@@ -44,6 +44,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+def backoff_delay(attempt: int, *, base: float = 0.05, cap: float = 5.0) -> float:
+    """Exponential backoff for retry loops that may run for hours (no float overflow)."""
+    return min(cap, base * 2 ** min(attempt, 30))
+
+
 def _sqlstate(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     for candidate in (orig, getattr(orig, "__cause__", None), exc):
