@@ -14,40 +14,22 @@ from pathlib import Path
 import grpc
 import pytest
 
-try:
-    from tests.grpc_helpers import (
-        NOT_SERVING,
-        OK,
-        ROOT,
-        SERVING,
-        UNAVAILABLE,
-        Bridge,
-        Server,
-        codes,
-        login,
-        progress,
-        server_env,
-        stat,
-        users,
-        write_config,
-    )
-except ImportError:  # tests/ not a package
-    from grpc_helpers import (  # type: ignore[no-redef]
-        NOT_SERVING,
-        OK,
-        ROOT,
-        SERVING,
-        UNAVAILABLE,
-        Bridge,
-        Server,
-        codes,
-        login,
-        progress,
-        server_env,
-        stat,
-        users,
-        write_config,
-    )
+from tests.grpc_helpers import (
+    NOT_SERVING,
+    OK,
+    ROOT,
+    SERVING,
+    UNAVAILABLE,
+    Bridge,
+    Server,
+    codes,
+    login,
+    progress,
+    server_env,
+    stat,
+    users,
+    write_config,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

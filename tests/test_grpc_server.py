@@ -19,46 +19,25 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-try:
-    from tests.grpc_helpers import (
-        INVALID,
-        LOGIN_SERVICE,
-        OK,
-        ROOT,
-        SERVING,
-        STAT_SERVICE,
-        TEST_CONFIG,
-        Bridge,
-        Server,
-        fetch_rows,
-        login,
-        new_id,
-        pb,
-        server_env,
-        stat,
-        users,
-        write_config,
-    )
-except ImportError:  # tests/ not a package
-    from grpc_helpers import (  # type: ignore[no-redef]
-        INVALID,
-        LOGIN_SERVICE,
-        OK,
-        ROOT,
-        SERVING,
-        STAT_SERVICE,
-        TEST_CONFIG,
-        Bridge,
-        Server,
-        fetch_rows,
-        login,
-        new_id,
-        pb,
-        server_env,
-        stat,
-        users,
-        write_config,
-    )
+from tests.grpc_helpers import (
+    INVALID,
+    LOGIN_SERVICE,
+    OK,
+    ROOT,
+    SERVING,
+    STAT_SERVICE,
+    TEST_CONFIG,
+    Bridge,
+    Server,
+    fetch_rows,
+    login,
+    new_id,
+    pb,
+    server_env,
+    stat,
+    users,
+    write_config,
+)
 
 pytestmark = pytest.mark.postgres
 
