@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from app.kafka_settings import KafkaSettings, dlq_topic
+from tables.db import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,6 @@ async def ensure_event_topics(kafka: KafkaSettings) -> None:
             if attempt == 30:
                 raise
             log.warning("broker not reachable at startup, retrying", extra={"error": str(exc)})
-            await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+            await asyncio.sleep(backoff_delay(attempt, base=0.1, cap=2.0))
     if created:
         log.info("created missing topics", extra={"topics": created, "partitions": parts})

@@ -80,7 +80,7 @@ def cmd_worker(args) -> int:
 def _wait_for_database(step, attempts: int = 30) -> None:
     """Run a startup step that needs the database, waiting out a short outage (a restart
     of PostgreSQL next to a restarting worker); a longer one is a startup error."""
-    from tables.db import is_transient
+    from tables.db import backoff_delay, is_transient
 
     for attempt in range(1, attempts + 1):
         try:
@@ -93,7 +93,7 @@ def _wait_for_database(step, attempts: int = 30) -> None:
                 "database not reachable at startup, retrying",
                 extra={"attempt": attempt, "error": str(exc)[:300]},
             )
-            time.sleep(min(2.0, 0.1 * 2**attempt))
+            time.sleep(backoff_delay(attempt, base=0.1, cap=2.0))
 
 
 # ----------------------------------------------------------------------- produce
