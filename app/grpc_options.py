@@ -5,6 +5,8 @@ GRPC_BUFFER_WAIT [5s]       longest wait for buffer space before UNAVAILABLE
 GRPC_MAX_CONCURRENT_RPCS [2000]  calls beyond this get RESOURCE_EXHAUSTED at once
 GRPC_SHUTDOWN_GRACE [15s]   SIGTERM: how long in-flight calls may take to finish
 HEALTH_CHECK_INTERVAL [1s]  how often the database is probed for the health status
+GRPC_WORKERS [1]            server processes sharing the port (SO_REUSEPORT); >1 starts a
+                            supervisor that also serves their merged /metrics
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 
 from app.settings import parse_duration, positive_int
 
+SUPERVISED_ENV = "CHALLENGE_GRPC_SUPERVISED"
+
 
 @dataclass(frozen=True, slots=True)
 class GrpcOptions:
@@ -23,6 +27,8 @@ class GrpcOptions:
     max_concurrent_rpcs: int = 2000
     shutdown_grace: float = 15.0
     health_interval: float = 1.0
+    workers: int = 1
+    supervised: bool = False  # a worker process started by the GRPC_WORKERS supervisor
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GrpcOptions:
@@ -41,4 +47,6 @@ class GrpcOptions:
             max_concurrent_rpcs=rpcs,
             shutdown_grace=duration("GRPC_SHUTDOWN_GRACE", "15s"),
             health_interval=duration("HEALTH_CHECK_INTERVAL", "1s"),
+            workers=positive_int("GRPC_WORKERS", (env.get("GRPC_WORKERS") or "").strip() or "1"),
+            supervised=env.get(SUPERVISED_ENV) == "1",
         )

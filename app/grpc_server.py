@@ -153,11 +153,14 @@ def reload_config(pipeline: Pipeline, path: Any) -> ChallengeConfig | None:
     return config
 
 
-def build_server(handler: EventHandler, monitor: HealthMonitor, port: int, max_rpcs: int):
+def build_server(
+    handler: EventHandler, monitor: HealthMonitor, port: int, max_rpcs: int, reuse_port: bool
+):
     """Both event services, health and reflection on one grpc.aio server."""
     server = grpc.aio.server(
         maximum_concurrent_rpcs=max_rpcs,
-        options=[("grpc.so_reuseport", 0)],  # a second instance on the port fails loudly
+        # A second instance on the port fails loudly, unless GRPC_WORKERS processes share it.
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
     login, stat = _servicers(handler)
     protos.login_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(login, server)
@@ -189,12 +192,13 @@ def install_signals(stop: asyncio.Event, pipeline: Pipeline, config_path: Any) -
 
 async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOptions) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
-    log.info("migrating database schema")
-    try:
-        await upgrade_async(settings.database_url)
-    except Exception as exc:  # unreachable database, bad credentials...: exit 1, no traceback
-        log.error("database schema upgrade failed", extra={"error": str(exc)[:500]})
-        return 1
+    if not options.supervised:  # the supervisor migrated once for all its workers
+        log.info("migrating database schema")
+        try:
+            await upgrade_async(settings.database_url)
+        except Exception as exc:  # unreachable database, bad credentials: exit 1, no traceback
+            log.error("database schema upgrade failed", extra={"error": str(exc)[:500]})
+            return 1
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     health_engine = make_engine(settings.database_url, pool_size=1)
     pipeline = Pipeline(settings, config, engine, record_event_ids=True)
@@ -203,7 +207,9 @@ async def serve(settings: Settings, config: ChallengeConfig, options: GrpcOption
     )
     handler = EventHandler(pipeline, settings, options)
     try:
-        server = build_server(handler, monitor, settings.grpc_port, options.max_concurrent_rpcs)
+        server = build_server(
+            handler, monitor, settings.grpc_port, options.max_concurrent_rpcs, options.supervised
+        )
     except RuntimeError as exc:  # port taken
         log.error("cannot listen", extra={"grpc_port": settings.grpc_port, "error": str(exc)})
         await engine.dispose()

@@ -25,7 +25,11 @@ PROCESSING = Histogram(
     "Time from receiving an event to buffering it (durable acks add the flush)",
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-BUFFER_SIZE = Gauge(f"{PREFIX}_buffer_size", "Pending (user, goal) entries in the buffer")
+BUFFER_SIZE = Gauge(
+    f"{PREFIX}_buffer_size",
+    "Pending (user, goal) entries in the buffer",
+    multiprocess_mode="livesum",  # GRPC_WORKERS: the sum over live worker processes
+)
 FLUSH_DURATION = Histogram(
     f"{PREFIX}_flush_duration_seconds",
     "Time to write one flush, retries included",
@@ -46,7 +50,9 @@ GRPC_DURATION = Histogram(
     ["method"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-GRPC_IN_FLIGHT = Gauge(f"{PREFIX}_grpc_in_flight_requests", "gRPC calls being handled")
+GRPC_IN_FLIGHT = Gauge(
+    f"{PREFIX}_grpc_in_flight_requests", "gRPC calls being handled", multiprocess_mode="livesum"
+)
 
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:

@@ -55,7 +55,7 @@ async def wait_serving(target: str, deadline: float) -> None:
 
 
 async def load(
-    target: str, events: int, users: int, concurrency: int
+    target: str, events: int, users: int, concurrency: int, channels: int = 1
 ) -> tuple[float, list[float], int]:
     pb = load_protos()
     rng = random.Random(11)
@@ -66,13 +66,13 @@ async def load(
             messages.append((LOGIN, login_message(user, "mygame")))
         else:
             code = rng.choice(("match_wins", "enemy_kills", "player_level"))
-            messages.append(
-                (STAT, stat_message(user, "mygame", code, float(rng.randrange(1, 500)), 1.0))
-            )
+            value = float(rng.randrange(1, 500))
+            messages.append((STAT, stat_message(user, "mygame", code, value, 1.0)))
     latencies: list[float] = []
     failures = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        calls = {
+    opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+    stubs = [
+        {
             LOGIN: channel.unary_unary(
                 LOGIN,
                 request_serializer=pb.login_pb2.UserLoggedIn.SerializeToString,
@@ -84,21 +84,27 @@ async def load(
                 response_deserializer=lambda b: b,
             ),
         }
-        queue = iter(messages)
+        for channel in opened
+    ]
+    queue = iter(messages)
 
-        async def worker() -> None:
-            nonlocal failures
-            for method, message in queue:
-                started = time.perf_counter()
-                try:
-                    await calls[method](message, timeout=30)
-                    latencies.append(time.perf_counter() - started)
-                except grpc.aio.AioRpcError:
-                    failures += 1
+    async def worker(calls) -> None:
+        nonlocal failures
+        for method, message in queue:
+            started = time.perf_counter()
+            try:
+                await calls[method](message, timeout=30)
+                latencies.append(time.perf_counter() - started)
+            except grpc.aio.AioRpcError:
+                failures += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(stubs[i % channels]) for i in range(concurrency)))
+    finally:
+        for channel in opened:
+            await channel.close()
+    elapsed = time.perf_counter() - started
     return events / elapsed, latencies, failures
 
 
@@ -110,6 +116,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--flush-interval", default="100ms")
+    parser.add_argument("--workers", type=int, default=1, help="GRPC_WORKERS of the server")
+    parser.add_argument("--channels", type=int, default=4, help="client connections")
     args = parser.parse_args()
     port, metrics_port = free_port(), free_port()
     env = {
@@ -122,6 +130,7 @@ def main() -> None:
         "BUFFER_FLUSH_INTERVAL": args.flush_interval,
         "LOG_LEVEL": "warning",
         "CONFIG_PATH": str(ROOT / "config" / "challenges.json"),
+        "GRPC_WORKERS": str(args.workers),
     }
     server = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env)
     target = f"127.0.0.1:{port}"
@@ -136,7 +145,8 @@ def main() -> None:
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     print(
-        f"ACK_MODE={args.ack_mode} flush={args.flush_interval} concurrency={args.concurrency}: "
+        f"ACK_MODE={args.ack_mode} workers={args.workers} flush={args.flush_interval} "
+        f"concurrency={args.concurrency} channels={args.channels}: "
         f"{rate:,.0f} calls/s over {args.events} calls, {failures} failed; latency ms "
         f"p50 {p(0.5):.1f} p95 {p(0.95):.1f} p99 {p(0.99):.1f} (mean {statistics.fmean(latencies) * 1000:.1f})"
     )

@@ -48,7 +48,12 @@ def cmd_serve(args) -> int:
     config = load_config(settings.config_path)  # ConfigError -> exit 2 (cli.main)
     from app.grpc_server import serve  # imports (and if needed generates) the protos
 
-    serve_metrics(settings.metrics_port)
+    if options.workers > 1:
+        from app.grpc_workers import supervise
+
+        return supervise(settings, options)
+    if not options.supervised:  # supervised workers: the supervisor serves /metrics
+        serve_metrics(settings.metrics_port)
     return asyncio.run(serve(settings, config, options))
 
 
