@@ -85,14 +85,12 @@ class Flusher:
         self.event_id_window = event_id_window
         self._pruned_at = time.monotonic()
         self.current: Generation | None = None
-        self.flushing: Generation | None = None
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
         self._task: asyncio.Task | None = None
         self._closing = False
         self._closed = False
-        self.last_error: BaseException | None = None
 
     # ---------------------------------------------------------------- intake
 
@@ -186,7 +184,6 @@ class Flusher:
 
     async def _flush_generation(self) -> None:
         generation, self.current = self.current, None
-        self.flushing = generation
         self._space.set()  # the next generation may fill while this one is written
         deltas = list(generation.deltas.values())
         extra = self.extra_for(generation) if self.extra_for else None
@@ -209,7 +206,6 @@ class Flusher:
                     if claim is not None:
                         claim = claim.only_users({d.user_id for d in deltas})
                 attempt += 1
-                self.last_error = exc
                 if self.on_retry:
                     self.on_retry(exc, attempt)
                 delay = backoff_delay(attempt, cap=self.max_backoff)
@@ -225,14 +221,11 @@ class Flusher:
                 await asyncio.sleep(delay)
             except Exception as exc:  # a bug: keep the data, keep retrying, shout
                 attempt += 1
-                self.last_error = exc
                 if self.on_retry:
                     self.on_retry(exc, attempt)
                 log.exception("flush failed unexpectedly, retrying", extra={"attempt": attempt})
                 await asyncio.sleep(backoff_delay(attempt, cap=self.max_backoff))
-        self.last_error = None
         elapsed = time.perf_counter() - started
-        self.flushing = None
         if self.on_flush:
             self.on_flush(generation, result, elapsed)
         if not generation.done.done():
