@@ -50,7 +50,7 @@ class Generation:
     def add(self, event: Event, goals: Iterable[Goal]) -> int:
         """Merge the event into its deltas; returns how many goals it moved."""
         self.events += 1
-        if self.log is not None and event.event_id:
+        if self.log is not None:
             goals = tuple(goals)
             self.log.append((event, goals))
         return fold(self.deltas, event, goals)

@@ -58,7 +58,7 @@ class EventClaim:
 
     async def record(self, conn: AsyncConnection) -> set[str]:
         """Record the ids; returns those already recorded within the window."""
-        ids = list(dict.fromkeys(event.event_id for event, _ in self.log))
+        ids = list(dict.fromkeys(event.event_id for event, _ in self.log if event.event_id))
         if not ids:
             return set()
         dialect = conn.dialect.name

@@ -4,6 +4,7 @@ rows in the flush transaction), and again once the window has passed."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from tables.buffer import Flusher
 from tables.writer import Writer
@@ -49,6 +50,19 @@ async def test_a_redelivery_to_another_replica_or_after_a_restart_counts_once(en
     again = [first, stat("u1", "kills", 15, "2026-11-20 10:05", inc=5, event_id="k2")]
     await _deliver(replica(engine), again)
     assert (await row(engine, "u1", "kills")).progress == 15
+
+
+async def test_events_without_an_id_are_kept_when_a_flush_refolds(engine):
+    await _deliver(
+        replica(engine), [stat("u3", "kills", 1, "2026-11-20 10:00", inc=1, event_id="d1")]
+    )
+    # no id: never deduplicated, and never dropped when its flush is re-folded
+    anonymous = replace(stat("u3", "kills", 2, "2026-11-20 10:01", inc=2), event_id="")
+    await _deliver(
+        replica(engine),
+        [stat("u3", "kills", 1, "2026-11-20 10:00", inc=1, event_id="d1"), anonymous],
+    )
+    assert (await row(engine, "u3", "kills")).progress == 3
 
 
 async def test_two_replicas_racing_on_one_id_apply_it_once(engine):
