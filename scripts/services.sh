@@ -132,7 +132,24 @@ pg_psql() {  # pg_psql DB args...
 
 pg_is_ours_running() {
   [[ -f "${PG_DATA}/PG_VERSION" ]] || return 1
+  local pid; pid="$(head -n 1 "${PG_DATA}/postmaster.pid" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  # A killed postmaster can linger as a zombie (kill -0 still succeeds, so pg_ctl and the
+  # server's own lock-file check think it runs): require a live postgres process.
+  [[ "$(awk '{print $3}' "/proc/${pid}/stat" 2>/dev/null)" =~ ^[^Z]$ ]] || return 1
+  [[ "$(cat "/proc/${pid}/comm" 2>/dev/null)" == postgres ]] || return 1
   as_pg "${PG_BIN}/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1
+}
+
+pg_clear_stale_lock() {  # only called when pg_is_ours_running said no
+  local stale
+  for stale in "${PG_DATA}/postmaster.pid" "${PG_DIR}/run/.s.PGSQL.${PG_PORT}.lock" \
+      "${PG_DIR}/run/.s.PGSQL.${PG_PORT}"; do
+    if [[ -e "$stale" ]]; then
+      log "removing ${stale} left by a killed server"
+      rm -f "$stale"
+    fi
+  done
 }
 
 pg_answers() {
@@ -231,6 +248,7 @@ pg_up() {
   pg_fix_traverse
   pg_init
   pg_write_conf
+  pg_clear_stale_lock
   log "starting postgres on 127.0.0.1:${PG_PORT}"
   [[ $IS_ROOT == 1 ]] && { touch "$PG_LOG"; chown postgres:postgres "$PG_LOG"; }
   # setsid: survive the caller's process group being killed; 9>&-: do not inherit our lock
