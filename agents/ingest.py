@@ -36,6 +36,7 @@ def make_ingest_agent(
     dlq: faust.TopicT,
 ) -> None:
     topic_name = source.get_topic_name()
+    received = metrics.EVENTS.labels("kafka")  # label child looked up once, not per record
 
     async def dead_letter(message: faust.types.Message, raw: bytes | None, exc: InvalidEvent):
         metrics.FAILED.labels(exc.reason).inc()
@@ -61,7 +62,7 @@ def make_ingest_agent(
         async for record in stream.events():
             message = record.message
             raw = record.value
-            metrics.EVENTS.labels("kafka").inc()
+            received.inc()
             fallback, ts_ms = record_time(message)
             try:
                 if raw is None or raw == b"":

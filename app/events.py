@@ -75,16 +75,20 @@ def now_utc() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def finite(number: float, name: str) -> float:
+    """NaN cannot be truncated to an INT: refuse it (infinities are clamped by to_int)."""
+    if math.isnan(number):
+        raise InvalidEvent("invalid_value", f"{name} is not a number")
+    return number
+
+
 def _number(raw: Any, name: str) -> float:
     if raw is None or raw == "":
         return 0.0
     try:
-        number = float(raw)
+        return finite(float(raw), name)
     except (TypeError, ValueError):
         raise InvalidEvent("invalid_value", f"{name} is not a number") from None
-    if math.isnan(number):
-        raise InvalidEvent("invalid_value", f"{name} is not a number")
-    return number
 
 
 def validate_identity(user_id: str) -> None:

@@ -7,22 +7,15 @@ so an all-default message is refused with "message cannot be nil".
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any
 
-from app.events import Event, EventType, InvalidEvent, build_event
+from app.events import Event, EventType, InvalidEvent, build_event, finite
 
 
 def _require_message(message: Any) -> None:
     if message is None or message.ByteSize() == 0:
         raise InvalidEvent("nil_message", "message cannot be nil")
-
-
-def _finite(number: float, name: str) -> float:
-    if math.isnan(number):
-        raise InvalidEvent("invalid_value", f"{name} is not a number")
-    return number
 
 
 def decode_login(message: Any, received: datetime) -> Event:
@@ -54,6 +47,6 @@ def decode_stat(message: Any, received: datetime) -> Event:
         fallback_time=received,
         has_payload=has_payload,
         stat_code=payload.stat_code,
-        value=_finite(payload.latest_value, "latestValue"),
-        inc=_finite(payload.inc, "inc"),
+        value=finite(payload.latest_value, "latestValue"),
+        inc=finite(payload.inc, "inc"),
     )
