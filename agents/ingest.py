@@ -9,23 +9,25 @@ is at-least-once; the progress agent drops the copies (see tables/positions.py).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 import faust
 
-from app import metrics
-from app.events import EventType, InvalidEvent, decode_json_event
-from app.kafka_codec import Forwarded, encode
+from app.core.clock import from_epoch_ms
+from app.core.events import EventType, InvalidEvent, decode_json_event
+from app.kafka.codec import Forwarded, encode
+from app.observability import metrics
 
 log = logging.getLogger(__name__)
 
 
 def record_time(message: faust.types.Message) -> tuple[datetime | None, int | None]:
-    """Kafka record timestamp -> (naive UTC fallback event time, epoch ms)."""
+    """Kafka record timestamp (Faust gives seconds) -> (fallback event time, epoch ms)."""
     ts = message.timestamp
     if not ts or ts <= 0:
         return None, None
-    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None), int(round(ts * 1000))
+    ms = round(ts * 1000)
+    return from_epoch_ms(ms), ms
 
 
 def make_ingest_agent(
@@ -38,7 +40,9 @@ def make_ingest_agent(
     topic_name = source.get_topic_name()
     received = metrics.EVENTS.labels("kafka")  # label child looked up once, not per record
 
-    async def dead_letter(message: faust.types.Message, raw: bytes | None, exc: InvalidEvent):
+    async def dead_letter(
+        message: faust.types.Message, raw: bytes | None, exc: InvalidEvent
+    ) -> None:
         metrics.FAILED.labels(exc.reason).inc()
         metrics.DEAD_LETTERED.labels("kafka", exc.reason).inc()
         await dlq.send(
@@ -58,7 +62,7 @@ def make_ingest_agent(
                 extra={"reason": exc.reason, "topic": topic_name, "offset": message.offset},
             )
 
-    async def ingest(stream: faust.StreamT) -> None:
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
         async for record in stream.events():
             message = record.message
             raw = record.value

@@ -1,8 +1,10 @@
 """The shared core every source feeds: namespace filter -> goal index -> dedup -> buffer.
 
-gRPC, replay files and the demo call `Pipeline.submit`; the Kafka worker uses the same
-flusher with its own positions bookkeeping. Returns the future of the flush that will
-hold the event (durable acks await it), or None when there is nothing to write.
+gRPC, replay files, the demo and the Kafka worker call `Pipeline.submit`, which returns
+the future of the flush that will hold the event (durable acks await it), or None when
+there is nothing to write. `running()` is the one start-up/shut-down sequence (migrate,
+engine, flusher; final flush, dispose) every mode uses, and `reload_config()` the one
+SIGHUP reload.
 """
 
 from __future__ import annotations
@@ -10,50 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import metrics
-from app.challenges import ChallengeConfig, Source
-from app.events import Event, EventType
-from app.settings import Settings
+from app.core.challenges import ChallengeConfig, ConfigError, Source, load_config
+from app.core.dedup import DedupWindow
+from app.core.events import Event, EventType
+from app.core.settings import Settings
+from app.observability import metrics
 from tables.buffer import Flusher, Generation
-from tables.writer import Writer, WriteResult
+from tables.db import make_engine
+from tables.migrate import upgrade_async
+from tables.writer import Extra, Writer, WriteResult
 
 log = logging.getLogger(__name__)
-
-
-class DedupWindow:
-    """Event ids seen in the last `window` seconds -> the future of their flush.
-
-    Bounded twice: by age and by `max_entries` (oldest forgotten first).
-    """
-
-    def __init__(self, window: float, max_entries: int = 1_000_000):
-        self.window = window
-        self.max_entries = max_entries
-        self._seen: OrderedDict[str, tuple[float, asyncio.Future]] = OrderedDict()
-
-    def get(self, event_id: str) -> asyncio.Future | None:
-        entry = self._seen.get(event_id)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
-
-    def remember(self, event_id: str, future: asyncio.Future) -> None:
-        now = time.monotonic()
-        seen = self._seen
-        seen[event_id] = (now + self.window, future)
-        seen.move_to_end(event_id)
-        while seen:
-            oldest_expiry = next(iter(seen.values()))[0]
-            if oldest_expiry >= now and len(seen) <= self.max_entries:
-                break
-            seen.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._seen)
 
 
 def source_of(event: Event) -> Source:
@@ -68,8 +44,10 @@ class Pipeline:
         engine: AsyncEngine,
         *,
         record_event_ids: bool = False,
+        extra_for: Callable[[Generation], Extra | None] | None = None,
     ):
-        """`record_event_ids`: also dedup redeliveries across replicas and restarts (gRPC)."""
+        """`record_event_ids`: also dedup redeliveries across replicas and restarts.
+        `extra_for`: work joining each flush transaction (Kafka positions)."""
         self.settings = settings
         self.config = config
         self.engine = engine
@@ -83,21 +61,47 @@ class Pipeline:
             self.writer,
             interval=settings.flush_interval,
             max_size=settings.buffer_max_size,
+            extra_for=extra_for,
             on_flush=self._flushed,
             on_retry=self._retrying,
             event_id_window=settings.dedup_window if record_event_ids else None,
         )
         self.dedup = DedupWindow(settings.dedup_window)
+        self.owns_engine = False
         # What happened to submitted events (for summaries; metrics hold the same counts).
         self.outcomes: Counter[str] = Counter()
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        config: ChallengeConfig,
+        *,
+        record_event_ids: bool = False,
+        extra_for: Callable[[Generation], Extra | None] | None = None,
+    ) -> Pipeline:
+        """A pipeline with its own engine (disposed by `close`)."""
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        pipeline = cls(
+            settings, config, engine, record_event_ids=record_event_ids, extra_for=extra_for
+        )
+        pipeline.owns_engine = True
+        return pipeline
 
     def start(self) -> None:
         self.flusher.start()
 
     async def close(self) -> None:
-        await self.flusher.close()
+        """Final flush of everything buffered, then release the engine we opened."""
+        try:
+            await self.flusher.close()
+        finally:
+            if self.owns_engine:
+                await self.engine.dispose()
 
-    async def submit(self, event: Event, *, timeout: float | None = None) -> asyncio.Future | None:
+    async def submit(
+        self, event: Event, *, timeout: float | None = None
+    ) -> asyncio.Future[WriteResult] | None:
         """Buffer one validated event; the returned future resolves once it is committed.
 
         Nothing is awaited after the event joins its generation, so a caller can attach
@@ -177,3 +181,42 @@ class Pipeline:
 
     def _retrying(self, exc: BaseException, attempt: int) -> None:
         metrics.FLUSH_RETRIES.inc()
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings,
+    config: ChallengeConfig,
+    *,
+    migrate: bool = True,
+    record_event_ids: bool = False,
+    extra_for: Callable[[Generation], Extra | None] | None = None,
+) -> AsyncIterator[Pipeline]:
+    """Migrate, open the engine, start the flusher; on exit the final flush, then dispose."""
+    if migrate:
+        await upgrade_async(settings.database_url)
+    pipeline = Pipeline.open(
+        settings, config, record_event_ids=record_event_ids, extra_for=extra_for
+    )
+    pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        await pipeline.close()
+
+
+def reload_config(path: Path, apply: Callable[[ChallengeConfig], None]) -> bool:
+    """SIGHUP: validate the file first; keep the running config when it is unusable."""
+    try:
+        config = load_config(path)
+    except (ConfigError, OSError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        for problem in problems:
+            log.error("config reload refused", extra={"problem": problem, "path": str(path)})
+        return False
+    apply(config)
+    log.info(
+        "config reloaded",
+        extra={"path": str(path), "challenges": len(config.challenges), "goals": len(config.goals)},
+    )
+    return True

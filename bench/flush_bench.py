@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import text
 
-from app.challenges import load_config
-from app.events import Event, EventType
+from app.core.challenges import load_config
+from app.core.events import Event, EventType
+from app.core.settings import Settings, async_database_url
 from app.pipeline import Pipeline, source_of
-from app.settings import Settings, async_database_url
 from tables.buffer import Flusher
 from tables.db import make_engine
 from tables.migrate import upgrade_async

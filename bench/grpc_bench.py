@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.grpc_client import login_message, stat_message  # noqa: E402
+from app.bridge.client import login_message, stat_message  # noqa: E402
 from proto.build import load as load_protos  # noqa: E402
 
 LOGIN = "/accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService/OnMessage"

@@ -6,7 +6,7 @@ import asyncio
 
 from alembic import context
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tables.db import make_engine
 from tables.schema import metadata
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proto.build import GEN_DIR, generate, load  # noqa: E402
+from proto.build import GEN_DIR, generate, load
 
 
 def main(argv: list[str]) -> int:

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.challenges import Goal
-from app.events import Event
-from app.progress import BufferKey, Delta, fold
+from app.core.challenges import Goal
+from app.core.events import Event
+from app.core.progress import BufferKey, Delta, fold
 from tables.db import backoff_delay
 from tables.event_ids import EventClaim, prune
 from tables.writer import Extra, TransientWriteError, Writer, WriteResult
@@ -42,7 +42,9 @@ class Generation:
 
     deltas: dict[BufferKey, Delta] = field(default_factory=dict)
     events: int = 0
-    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[WriteResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. Kafka positions
     # With event-id tracking: every event with its goals, to re-fold without duplicates.
     log: list[tuple[Event, tuple[Goal, ...]]] | None = None
@@ -88,7 +90,7 @@ class Flusher:
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
 
@@ -184,6 +186,8 @@ class Flusher:
 
     async def _flush_generation(self) -> None:
         generation, self.current = self.current, None
+        if generation is None:
+            return
         self._space.set()  # the next generation may fill while this one is written
         deltas = list(generation.deltas.values())
         extra = self.extra_for(generation) if self.extra_for else None
@@ -202,7 +206,8 @@ class Flusher:
             except TransientWriteError as exc:
                 if exc.remaining is not None:  # some shards committed: retry only the rest
                     deltas = exc.remaining
-                    result.merge(exc.committed)
+                    if exc.committed is not None:
+                        result.merge(exc.committed)
                     if claim is not None:
                         claim = claim.only_users({d.user_id for d in deltas})
                 attempt += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
@@ -22,7 +23,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(url, pool_size=1, max_overflow=2)
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -46,7 +47,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
 def backoff_delay(attempt: int, *, base: float = 0.05, cap: float = 5.0) -> float:
     """Exponential backoff for retry loops that may run for hours (no float overflow)."""
-    return min(cap, base * 2 ** min(attempt, 30))
+    return min(cap, base * 2.0 ** min(attempt, 30))
 
 
 def _sqlstate(exc: BaseException) -> str:

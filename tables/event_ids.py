@@ -18,9 +18,10 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.challenges import Goal
-from app.events import Event, now_utc
-from app.progress import BufferKey, Delta, fold
+from app.core.challenges import Goal
+from app.core.clock import now_utc
+from app.core.events import Event
+from app.core.progress import BufferKey, Delta, fold
 
 _RECORD = {
     "postgresql": (
@@ -42,7 +43,7 @@ _RECORD = {
 _PRUNE = "DELETE FROM challenge_processed_events WHERE expires_at < :now"
 
 
-def _bind_time(dialect: str, moment: datetime):
+def _bind_time(dialect: str, moment: datetime) -> datetime | str:
     return moment if dialect == "postgresql" else moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 

@@ -1,6 +1,6 @@
 """The in-database merge (SPEC §4, §5.2) as SQL, for PostgreSQL and SQLite.
 
-The rules are those of `app.progress.apply_delta`, written once as expressions over
+The rules are those of `app.core.progress.apply_delta`, written once as expressions over
 `c` (the current row: the table row for an UPDATE, constants for a fresh INSERT) and `s`
 (one buffered delta per row of a source relation). Guards (inactive, claimed, stale
 period, same-day repeat) are in the statement's WHERE, so a claim or deactivation by the
@@ -99,7 +99,7 @@ _KEY = "x.user_id = s.user_id AND x.goal_id = s.goal_id"
 
 def _merge(d: Dialect, *, fresh: bool) -> tuple[dict[str, str], str]:
     """SET expressions per column and the guard, against the current row `c`."""
-    F = d.false()
+    false = d.false()
     if fresh:
         c = {
             "progress": "0",
@@ -110,7 +110,7 @@ def _merge(d: Dialect, *, fresh: bool) -> tuple[dict[str, str], str]:
             "baseline_value": "NULL",
             "updated_at": "NULL",
         }
-        claimed, new_period, stale = F, F, F
+        claimed, new_period, stale = false, false, false
         new_day = f"(s.family = {FAMILY_DAILY})"
         restart = "(s.rotating = 1 AND s.reset_progress = 1)"
     else:

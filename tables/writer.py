@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.progress import Delta
+from app.core.progress import Delta
 from tables.db import is_transient
 from tables.event_ids import EventClaim
 from tables.merge_sql import SOURCE_COLUMNS, build_statements
@@ -102,15 +102,19 @@ def rounds_of(deltas: Sequence[Delta]) -> list[list[Delta]]:
     return rounds
 
 
-def _sqlite_time(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+def _sqlite_time(moment: object) -> object:
+    """SQLite stores times as text in this one format (what its strftime compares)."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(moment, datetime) else moment
 
 
 def _steps_json(delta: Delta) -> str:
     return orjson.dumps([[level, _sqlite_time(moment)] for level, moment in delta.steps]).decode()
 
 
-def _source_row(delta: Delta) -> tuple:
+SourceRow = tuple[object, ...]
+
+
+def _source_row(delta: Delta) -> SourceRow:
     goal = delta.goal
     rotation = goal.rotation
     return (
@@ -269,7 +273,9 @@ class Writer:
             raise _Poison(exc) from exc
         return result
 
-    async def _isolating(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult):
+    async def _isolating(
+        self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult
+    ) -> None:
         try:
             async with conn.begin_nested():
                 await self._chunk(conn, chunk, result)
@@ -283,18 +289,25 @@ class Writer:
             await self._isolating(conn, chunk[:middle], result)
             await self._isolating(conn, chunk[middle:], result)
 
-    async def _chunk(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult):
+    async def _chunk(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult) -> None:
         rows = [_source_row(d) for d in chunk]
         if self.statements.postgres is not None:
-            await self._postgres(conn, chunk, rows, result)
+            await self._postgres(conn, self.statements.postgres, chunk, rows, result)
         else:
             await self._sqlite(conn, rows, result)
 
-    async def _postgres(self, conn, chunk: list[Delta], rows: list[tuple], result: WriteResult):
+    async def _postgres(
+        self,
+        conn: AsyncConnection,
+        statement: str,
+        chunk: list[Delta],
+        rows: list[SourceRow],
+        result: WriteResult,
+    ) -> None:
         by_key = {d.key: d for d in chunk}
         for _attempt in range(5):
             params = {name: [row[i] for row in rows] for i, (name, _) in enumerate(SOURCE_COLUMNS)}
-            reported = (await conn.execute(text(self.statements.postgres), params)).all()
+            reported = (await conn.execute(text(statement), params)).all()
             result.statements += 1
             raced: list[Delta] = []
             for tag, user_id, goal_id in reported:
@@ -311,13 +324,16 @@ class Writer:
             rows = [_source_row(d) for d in raced]
         raise TransientWriteError(f"{len(raced)} rows kept racing with concurrent inserts")
 
-    async def _sqlite(self, conn, rows: list[tuple], result: WriteResult):
+    async def _sqlite(
+        self, conn: AsyncConnection, rows: list[SourceRow], result: WriteResult
+    ) -> None:
         encoded = [list(row) for row in rows]
         for row in encoded:
             for i in _TIME_COLUMNS:
                 row[i] = _sqlite_time(row[i])
         params = {"rows": orjson.dumps(encoded).decode()}
         statements = self.statements
+        assert statements.update is not None and statements.marks is not None
         result.updated += len((await conn.execute(text(statements.update), params)).all())
         result.statements += 1
         if statements.insert is not None:

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.settings import async_database_url
+from app.core.settings import async_database_url
 from tables.db import make_engine
 from tables.migrate import upgrade
 
@@ -142,3 +142,14 @@ def kafka_bootstrap() -> Iterator[str]:
     pytest.fail(
         f"Kafka is needed: KAFKA_BOOTSTRAP_SERVERS is not set and no Docker engine; {HOW_TO}"
     )
+
+
+KINDS = ("unit", "db", "e2e", "faults")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its kind from its folder (tests/unit -> unit, ...)."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        if parts and parts[0] in KINDS:
+            item.add_marker(getattr(pytest.mark, parts[0]))

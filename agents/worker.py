@@ -1,0 +1,17 @@
+"""The Kafka worker: the Faust app of `app.kafka` with the agents of this package attached."""
+
+from __future__ import annotations
+
+from agents.ingest import make_ingest_agent
+from agents.progress import make_progress_agent
+from app.core.challenges import ChallengeConfig
+from app.core.settings import Settings
+from app.kafka.faust_app import KafkaApp, create_app
+
+
+def build_worker(settings: Settings, config: ChallengeConfig) -> KafkaApp:
+    kafka = create_app(settings, config)
+    for source in kafka.sources:
+        make_ingest_agent(kafka.app, source.topic, source.event_type, kafka.by_user, source.dlq)
+    make_progress_agent(kafka.app, kafka.by_user, kafka.runtime)
+    return kafka

@@ -1,0 +1,90 @@
+"""gRPC health (grpc.health.v1) driven by a database probe.
+
+SERVING only while `SELECT 1` answers within a short timeout (the config is loaded before
+the server starts, and a reload never unloads it); NOT_SERVING otherwise, and for good
+once draining starts. The probe uses its own
+one-connection engine so a busy flush pool never makes a healthy database look down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from grpc_health.v1 import health, health_pb2
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        services: tuple[str, ...],
+        *,
+        interval: float = 1.0,
+        probe_timeout: float | None = None,
+    ):
+        self.engine = engine
+        self.services = ("", *services)
+        self.interval = interval
+        self.probe_timeout = probe_timeout or max(0.5, min(2.0, interval))
+        self.servicer = health.aio.HealthServicer()
+        self.serving: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def probe(self) -> bool:
+        """True when the database answers `SELECT 1` in time."""
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            return True
+        except Exception as exc:  # any failure means "not reachable now"
+            log.debug("database probe failed", extra={"error": str(exc)[:200]})
+            with contextlib.suppress(Exception):
+                await self.engine.dispose()  # drop a half-open connection
+            return False
+
+    async def set_all(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in self.services:
+            await self.servicer.set(name, status)
+        if serving != self.serving:
+            if self.serving is not None:
+                level = logging.INFO if serving else logging.WARNING
+                log.log(level, "health " + ("SERVING" if serving else "NOT_SERVING"))
+            self.serving = serving
+
+    async def check_once(self) -> bool:
+        healthy = await self.probe()
+        await self.set_all(healthy)
+        return healthy
+
+    async def _run(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="health")
+
+    async def drain(self) -> None:
+        """NOT_SERVING for good (shutdown), and stop probing."""
+        await self.stop()
+        await self.servicer.enter_graceful_shutdown()
+        self.serving = False
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

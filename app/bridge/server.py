@@ -1,0 +1,240 @@
+"""`python -m app serve`: the AccelByte Extend event-bridge gRPC server (SPEC §1.1, §2, §6).
+
+One OnMessage call = decode + validate -> `Pipeline.submit` -> answer:
+- ACK_MODE=durable: wait (bounded) for the commit of the flush holding the event
+  (group commit); a timeout answers UNAVAILABLE but the event stays buffered and will be
+  written, and the bridge's redelivery is absorbed by the pipeline's dedup window.
+- ACK_MODE=buffered: answer once buffered.
+- buffer full for longer than GRPC_BUFFER_WAIT (database down) -> UNAVAILABLE.
+
+Lifecycle: SIGTERM/SIGINT -> health NOT_SERVING, stop accepting, let in-flight calls
+finish, final flush, exit 0. SIGHUP -> reload CONFIG_PATH (validated first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from app.bridge.decode import decode_login, decode_stat
+from app.bridge.health import HealthMonitor
+from app.core.challenges import ChallengeConfig
+from app.core.clock import now_utc
+from app.core.events import Event, InvalidEvent
+from app.core.settings import Settings
+from app.observability import metrics
+from app.pipeline import Pipeline, reload_config
+from proto.build import load as load_protos
+from tables.buffer import BufferFull, Closed
+from tables.db import make_engine
+from tables.migrate import upgrade_async
+
+log = logging.getLogger(__name__)
+
+protos = load_protos()
+LOGIN_SERVICE = protos.login_pb2.DESCRIPTOR.services_by_name[
+    "UserAuthenticationUserLoggedInService"
+].full_name
+STAT_SERVICE = protos.stat_pb2.DESCRIPTOR.services_by_name[
+    "StatisticStatItemUpdatedService"
+].full_name
+LOGIN_METHOD = f"/{LOGIN_SERVICE}/OnMessage"
+STAT_METHOD = f"/{STAT_SERVICE}/OnMessage"
+EMPTY = empty_pb2.Empty()
+RECEIVED = metrics.EVENTS.labels("grpc")
+
+Decoder = Callable[[Any, Any], Event]
+
+
+class EventHandler:
+    """The shared OnMessage logic of both services."""
+
+    def __init__(self, pipeline: Pipeline, settings: Settings):
+        self.pipeline = pipeline
+        self.durable = settings.ack_mode == "durable"
+        self.buffer_wait = settings.grpc_buffer_wait
+        self.ack_timeout = settings.grpc_ack_timeout
+        self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._durations = {m: metrics.GRPC_DURATION.labels(m) for m in (LOGIN_METHOD, STAT_METHOD)}
+
+    def _count(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Label children cached: this runs on every call."""
+        counter = self._requests.get((method, code))
+        if counter is None:
+            counter = self._requests[(method, code)] = metrics.GRPC_REQUESTS.labels(
+                method, code.name
+            )
+        counter.inc()
+        self._durations[method].observe(seconds)
+
+    async def handle(
+        self, method: str, decode: Decoder, request: Any, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        started = time.perf_counter()
+        metrics.GRPC_IN_FLIGHT.inc()
+        code, message = grpc.StatusCode.INTERNAL, "internal error"
+        try:
+            code, message = await self._process(decode, request)
+        except asyncio.CancelledError:  # the caller gave up (deadline, disconnect, shutdown)
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:  # a bug: answer INTERNAL (the bridge retries), keep serving
+            log.exception("OnMessage failed")
+        finally:
+            metrics.GRPC_IN_FLIGHT.dec()
+            self._count(method, code, time.perf_counter() - started)
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return EMPTY
+
+    async def _process(self, decode: Decoder, request: Any) -> tuple[grpc.StatusCode, str]:
+        RECEIVED.inc()
+        try:
+            event = decode(request, now_utc())
+        except InvalidEvent as exc:
+            metrics.FAILED.labels(exc.reason).inc()
+            log.debug("event refused", extra={"reason": exc.reason, "error": exc.message})
+            return grpc.StatusCode.INVALID_ARGUMENT, exc.message
+        try:
+            done = await self.pipeline.submit(event, timeout=self.buffer_wait)
+        except BufferFull:
+            metrics.FAILED.labels("buffer_full").inc()
+            return grpc.StatusCode.UNAVAILABLE, "buffer full: database not keeping up, retry"
+        except Closed:
+            return grpc.StatusCode.UNAVAILABLE, "server is shutting down, retry"
+        if done is None or not self.durable or done.done():
+            return grpc.StatusCode.OK, ""
+        # asyncio.wait never cancels the shared flush future (other calls wait on it too)
+        finished, _ = await asyncio.wait((done,), timeout=self.ack_timeout)
+        if not finished:
+            metrics.FAILED.labels("ack_timeout").inc()
+            return grpc.StatusCode.UNAVAILABLE, "not committed in time (database slow), retry"
+        return grpc.StatusCode.OK, ""
+
+
+def _servicers(handler: EventHandler) -> tuple[Any, Any]:
+    # The generated base classes are untyped (protos are loaded at run time).
+    class LoginServicer(protos.login_grpc.UserAuthenticationUserLoggedInServiceServicer):  # type: ignore[misc,name-defined]
+        async def OnMessage(self, request: Any, context: Any) -> Any:  # noqa: N802 - generated name
+            return await handler.handle(LOGIN_METHOD, decode_login, request, context)
+
+    class StatServicer(protos.stat_grpc.StatisticStatItemUpdatedServiceServicer):  # type: ignore[misc,name-defined]
+        async def OnMessage(self, request: Any, context: Any) -> Any:  # noqa: N802 - generated name
+            return await handler.handle(STAT_METHOD, decode_stat, request, context)
+
+    return LoginServicer(), StatServicer()
+
+
+def build_server(
+    handler: EventHandler, monitor: HealthMonitor, port: int, max_rpcs: int, reuse_port: bool
+) -> grpc.aio.Server:
+    """Both event services, health and reflection on one grpc.aio server."""
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=max_rpcs,
+        # A second instance on the port fails loudly, unless GRPC_WORKERS processes share it.
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+    )
+    login, stat = _servicers(handler)
+    protos.login_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(login, server)
+    protos.stat_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(stat, server)
+    health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
+    reflection.enable_server_reflection(
+        (LOGIN_SERVICE, STAT_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+    )
+    server.add_insecure_port(f"[::]:{port}")
+    return server
+
+
+def install_signals(stop: asyncio.Event, pipeline: Pipeline, config_path: Any) -> None:
+    """SIGTERM/SIGINT -> drain (a second one exits at once); SIGHUP -> reload config."""
+    loop = asyncio.get_running_loop()
+
+    def on_stop_signal() -> None:
+        if stop.is_set():  # the operator insists: whatever is still buffered is lost
+            log.error(
+                "second stop signal: exiting now", extra={"pending": pipeline.flusher.pending}
+            )
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop_signal)
+
+    def use_config(config: ChallengeConfig) -> None:
+        pipeline.config = config
+
+    loop.add_signal_handler(signal.SIGHUP, reload_config, config_path, use_config)
+
+
+async def serve(settings: Settings, config: ChallengeConfig) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    if not settings.grpc_supervised:  # the supervisor migrated once for all its workers
+        log.info("migrating database schema")
+        try:
+            await upgrade_async(settings.database_url)
+        except Exception as exc:  # unreachable database, bad credentials: exit 1, no traceback
+            log.error("database schema upgrade failed", extra={"error": str(exc)[:500]})
+            return 1
+    pipeline = Pipeline.open(settings, config, record_event_ids=True)
+    health_engine = make_engine(settings.database_url, pool_size=1)
+    monitor = HealthMonitor(
+        health_engine, (LOGIN_SERVICE, STAT_SERVICE), interval=settings.health_check_interval
+    )
+    handler = EventHandler(pipeline, settings)
+    try:
+        server = build_server(
+            handler,
+            monitor,
+            settings.grpc_port,
+            settings.grpc_max_concurrent_rpcs,
+            settings.grpc_supervised,
+        )
+    except RuntimeError as exc:  # port taken
+        log.error("cannot listen", extra={"grpc_port": settings.grpc_port, "error": str(exc)})
+        await pipeline.engine.dispose()
+        await health_engine.dispose()
+        return 1
+    stop = asyncio.Event()
+    install_signals(stop, pipeline, settings.config_path)
+
+    pipeline.start()
+    await monitor.check_once()
+    monitor.start()
+    await server.start()
+    log.info(
+        "gRPC server started",
+        extra={
+            "grpc_port": settings.grpc_port,
+            "metrics_port": settings.metrics_port,
+            "namespace": settings.namespace,
+            "ack_mode": settings.ack_mode,
+            "flush_interval_ms": int(settings.flush_interval * 1000),
+            "goals": len(config.goals),
+        },
+    )
+    await stop.wait()
+
+    log.info("shutting down: draining in-flight calls")
+    started = time.perf_counter()
+    await monitor.drain()
+    pipeline.flusher.request_flush()  # durable calls in flight: commit them now
+    await server.stop(settings.grpc_shutdown_grace)
+    await pipeline.close()  # final flush: buffered acks and anything still pending
+    with contextlib.suppress(Exception):
+        await health_engine.dispose()
+    log.info(
+        "shutdown complete",
+        extra={"duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+    )
+    return 0

@@ -1,0 +1,421 @@
+"""challenges.json -> one immutable model and the goal index (SPEC §3). Pure, no I/O
+beyond reading the file.
+
+Two dialects exist in the wild (camelCase with `challengeId`/`goalId`, and a legacy
+snake_case one with `id`, `event_source: "statistic:<code>"`, `target_value`). Keys are
+normalised (lower case, no underscores) so each key is recognised whichever dialect
+wrote it; values are then read into the same dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+MAX_ID_LENGTH = 100  # width of the id columns in user_goal_progress
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Source(StrEnum):
+    LOGIN = "login"
+    STATISTIC = "statistic"
+
+
+class Kind(StrEnum):
+    ABSOLUTE = "absolute"
+    INCREMENT = "increment"
+    DAILY = "daily"
+
+
+class Schedule(StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    schedule: Schedule
+    reset_progress: bool
+    allow_reselection: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reward:
+    type: str
+    reward_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    goal_id: str
+    challenge_id: str
+    name: str
+    source: Source
+    stat_code: str  # "" for login goals
+    target: int
+    kind: Kind = Kind.ABSOLUTE
+    daily: bool = False  # increment goals only: count at most once per UTC day
+    relative: bool = False  # requirement.progressMode == "relative"
+    rotation: Rotation | None = None  # only for relative goals of an enabled rotation
+    description: str = ""
+    default_assigned: bool = False
+    reward: Reward | None = None
+    prerequisites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    challenge_id: str
+    name: str
+    goals: tuple[Goal, ...]
+    description: str = ""
+    rotation: Rotation | None = None
+    prerequisites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeConfig:
+    challenges: tuple[Challenge, ...]
+    index: Mapping[tuple[Source, str], tuple[Goal, ...]] = field(repr=False)
+
+    @property
+    def goals(self) -> tuple[Goal, ...]:
+        return tuple(g for c in self.challenges for g in c.goals)
+
+    def goals_for(self, source: Source, stat_code: str = "") -> tuple[Goal, ...]:
+        """O(1): the goals an event of this source (and stat code) moves."""
+        return self.index.get((source, stat_code if source is Source.STATISTIC else ""), ())
+
+    def goal(self, goal_id: str) -> Goal | None:
+        for g in self.goals:
+            if g.goal_id == goal_id:
+                return g
+        return None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _norm(obj: Any) -> Any:
+    """Keys lower-cased and without underscores, recursively (dialect-neutral)."""
+    if isinstance(obj, dict):
+        return {str(k).replace("_", "").lower(): _norm(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_norm(v) for v in obj]
+    return obj
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first one."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def text(self, data: Mapping[str, Any], *keys: str) -> str:
+        for key in keys:
+            value = data.get(key)
+            if value is not None:
+                return str(value).strip()
+        return ""
+
+    def flag(self, where: str, data: Mapping[str, Any], key: str, default: bool = False) -> bool:
+        value = data.get(key, default)
+        if isinstance(value, bool):
+            return value
+        self.fail(where, f"{key} must be true or false, got {value!r}")
+        return default
+
+    def number(self, where: str, value: Any, name: str) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(where, f"{name} must be a number, got {value!r}")
+            return None
+        return int(value)
+
+
+def _where(challenge_id: str, goal_id: str | None = None) -> str:
+    where = f'challenge "{challenge_id or "?"}"'
+    return f'{where} goal "{goal_id or "?"}"' if goal_id is not None else where
+
+
+def _read_rotation(r: _Reader, where: str, raw: Any) -> tuple[Rotation | None, bool]:
+    """Returns (rotation if enabled, whether the block was enabled)."""
+    if raw is None:
+        return None, False
+    if not isinstance(raw, dict):
+        r.fail(where, "rotation must be an object")
+        return None, False
+    if not r.flag(where, raw, "enabled"):
+        return None, False
+    rtype = r.text(raw, "type") or "global"
+    if rtype != "global":
+        r.fail(where, f'rotation type must be "global", got "{rtype}"')
+    schedule_raw = r.text(raw, "schedule")
+    try:
+        schedule = Schedule(schedule_raw.lower())
+    except ValueError:
+        r.fail(where, f'rotation schedule must be daily, weekly or monthly, got "{schedule_raw}"')
+        return None, True
+    on_expiry = raw.get("onexpiry") or {}
+    if not isinstance(on_expiry, dict):
+        r.fail(where, "rotation onExpiry must be an object")
+        on_expiry = {}
+    return (
+        Rotation(
+            schedule=schedule,
+            reset_progress=r.flag(where, on_expiry, "resetprogress"),
+            allow_reselection=r.flag(where, on_expiry, "allowreselection"),
+        ),
+        True,
+    )
+
+
+def _read_reward(r: _Reader, where: str, raw: Any) -> Reward | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        r.fail(where, "reward must be an object")
+        return None
+    rtype = r.text(raw, "type").upper()
+    reward_id = r.text(raw, "rewardid", "id")
+    quantity = r.number(where, raw.get("quantity", 0), "reward quantity")
+    if rtype not in ("ITEM", "WALLET"):
+        r.fail(where, f'reward type must be ITEM or WALLET, got "{rtype}"')
+    if not reward_id:
+        r.fail(where, "reward rewardId must not be empty")
+    if quantity is not None and quantity <= 0:
+        r.fail(where, f"reward quantity must be > 0, got {quantity}")
+    return Reward(rtype, reward_id, quantity or 0)
+
+
+def _read_goal(
+    r: _Reader, challenge_id: str, raw: Any, rotation: Rotation | None, rotation_on: bool
+) -> Goal | None:
+    if not isinstance(raw, dict):
+        r.fail(_where(challenge_id), "every goal must be an object")
+        return None
+    goal_id = r.text(raw, "goalid", "id")
+    where = _where(challenge_id, goal_id)
+    if not goal_id:
+        r.fail(where, "goal id must not be empty")
+    elif len(goal_id) > MAX_ID_LENGTH:
+        r.fail(where, f"goal id longer than {MAX_ID_LENGTH} characters")
+    requirement = raw.get("requirement") or {}
+    if not isinstance(requirement, dict):
+        r.fail(where, "requirement must be an object")
+        requirement = {}
+
+    source_raw = r.text(raw, "eventsource")
+    source_name, _, stat_code = source_raw.partition(":")
+    stat_code = stat_code.strip() or r.text(requirement, "statcode") or r.text(raw, "statcode")
+    try:
+        source = Source(source_name.strip().lower())
+    except ValueError:
+        r.fail(where, f'event source must be "login" or "statistic", got "{source_raw}"')
+        source = Source.LOGIN
+    if source is Source.STATISTIC and not stat_code:
+        r.fail(where, "statistic event source needs a statCode")
+    if source is Source.LOGIN:
+        stat_code = ""
+
+    target_raw = next(
+        (
+            v
+            for v in (
+                requirement.get("targetvalue"),
+                requirement.get("target"),
+                raw.get("targetvalue"),
+                raw.get("target"),
+            )
+            if v is not None
+        ),
+        None,
+    )
+    target = 0
+    if target_raw is None:
+        r.fail(where, "target must be > 0 (missing)")
+    else:
+        target = r.number(where, target_raw, "target") or 0
+        if target <= 0:
+            r.fail(where, f"target must be > 0, got {target_raw!r}")
+
+    operator = r.text(requirement, "operator") or ">="
+    if operator != ">=":
+        r.fail(where, f'operator must be ">=", got "{operator}"')
+
+    kind_raw = (r.text(raw, "type") or "absolute").lower()
+    try:
+        kind = Kind(kind_raw)
+    except ValueError:
+        r.fail(where, f'type must be absolute, increment or daily, got "{kind_raw}"')
+        kind = Kind.ABSOLUTE
+    daily = r.flag(where, raw, "daily")
+    if daily and kind is not Kind.INCREMENT:
+        r.fail(where, f'daily: true is only allowed with type "increment", not "{kind}"')
+
+    mode = (
+        r.text(requirement, "progressmode") or r.text(raw, "progressmode") or "absolute"
+    ).lower()
+    if mode not in ("absolute", "relative"):
+        r.fail(where, f'progressMode must be "absolute" or "relative", got "{mode}"')
+    relative = mode == "relative"
+    if rotation_on and not relative:
+        r.fail(where, 'an enabled rotation needs progressMode "relative"')
+
+    prerequisites = raw.get("prerequisites") or []
+    if not isinstance(prerequisites, list):
+        r.fail(where, "prerequisites must be a list of goal ids")
+        prerequisites = []
+    return Goal(
+        goal_id=goal_id,
+        challenge_id=challenge_id,
+        name=r.text(raw, "name") or goal_id,
+        source=source,
+        stat_code=stat_code,
+        target=min(target, 2_147_483_647),
+        kind=kind,
+        daily=daily and kind is Kind.INCREMENT,
+        relative=relative,
+        rotation=rotation if relative else None,
+        description=r.text(raw, "description"),
+        default_assigned=r.flag(where, raw, "defaultassigned"),
+        reward=_read_reward(r, where, raw.get("reward")),
+        prerequisites=tuple(str(p) for p in prerequisites),
+    )
+
+
+def _read_challenge(r: _Reader, raw: Any, position: int) -> Challenge | None:
+    if not isinstance(raw, dict):
+        r.fail(f"challenge #{position + 1}", "must be an object")
+        return None
+    challenge_id = r.text(raw, "challengeid", "id")
+    where = _where(challenge_id)
+    if not challenge_id:
+        r.fail(f"challenge #{position + 1}", "challenge id must not be empty")
+    elif len(challenge_id) > MAX_ID_LENGTH:
+        r.fail(where, f"challenge id longer than {MAX_ID_LENGTH} characters")
+    rotation, rotation_on = _read_rotation(r, where, raw.get("rotation"))
+    goals_raw = raw.get("goals") or []
+    if not isinstance(goals_raw, list) or not goals_raw:
+        r.fail(where, "needs at least one goal")
+        goals_raw = []
+    goals = []
+    for goal_raw in goals_raw:
+        goal_rotation, goal_rotation_on = (rotation, rotation_on)
+        if isinstance(goal_raw, dict) and "rotation" in goal_raw:
+            goal_rotation, goal_rotation_on = _read_rotation(
+                r, _where(challenge_id, r.text(goal_raw, "goalid", "id")), goal_raw["rotation"]
+            )
+        goal = _read_goal(r, challenge_id, goal_raw, goal_rotation, goal_rotation_on)
+        if goal is not None:
+            goals.append(goal)
+    prerequisites = raw.get("prerequisites") or []
+    if not isinstance(prerequisites, list):
+        r.fail(where, "prerequisites must be a list of challenge ids")
+        prerequisites = []
+    return Challenge(
+        challenge_id=challenge_id,
+        name=r.text(raw, "name") or challenge_id,
+        goals=tuple(goals),
+        description=r.text(raw, "description"),
+        rotation=rotation,
+        prerequisites=tuple(str(p) for p in prerequisites),
+    )
+
+
+def _check_graph(
+    r: _Reader,
+    edges: Mapping[str, Iterable[str]],
+    label: str,
+    where_of: Callable[[str], str],
+) -> None:
+    """Prerequisites must name existing ids and form no cycle."""
+    for node, deps in edges.items():
+        for dep in deps:
+            if dep not in edges:
+                r.fail(where_of(node), f'prerequisite {label} "{dep}" does not exist')
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in edges.get(node, ()):
+            if dep not in edges:
+                continue
+            if state.get(dep) == 1:
+                cycle = " -> ".join([*path[path.index(dep) :], dep])
+                r.fail(where_of(node), f"prerequisites form a cycle: {cycle}")
+            elif state.get(dep) is None:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for node in edges:
+        if node not in state:
+            visit(node, [node])
+
+
+def parse_config(data: Any) -> ChallengeConfig:
+    """Parsed JSON -> validated model, or ConfigError listing every problem."""
+    r = _Reader()
+    data = _norm(data)
+    raw_challenges = data.get("challenges") if isinstance(data, dict) else None
+    if not isinstance(raw_challenges, list) or not raw_challenges:
+        raise ConfigError(['config: needs at least one challenge in "challenges"'])
+    challenges = [
+        c for i, raw in enumerate(raw_challenges) if (c := _read_challenge(r, raw, i)) is not None
+    ]
+
+    seen_challenges: set[str] = set()
+    seen_goals: dict[str, str] = {}
+    for challenge in challenges:
+        if challenge.challenge_id and challenge.challenge_id in seen_challenges:
+            r.fail(_where(challenge.challenge_id), "duplicate challenge id")
+        seen_challenges.add(challenge.challenge_id)
+        for goal in challenge.goals:
+            if goal.goal_id and goal.goal_id in seen_goals:
+                r.fail(
+                    _where(challenge.challenge_id, goal.goal_id),
+                    f'duplicate goal id (also in challenge "{seen_goals[goal.goal_id]}")',
+                )
+            seen_goals.setdefault(goal.goal_id, challenge.challenge_id)
+
+    goal_edges = {g.goal_id: g.prerequisites for c in challenges for g in c.goals}
+    owner = {g.goal_id: g.challenge_id for c in challenges for g in c.goals}
+    _check_graph(r, goal_edges, "goal", lambda gid: _where(owner.get(gid, "?"), gid))
+    _check_graph(r, {c.challenge_id: c.prerequisites for c in challenges}, "challenge", _where)
+    if r.problems:
+        raise ConfigError(r.problems)
+
+    index: dict[tuple[Source, str], list[Goal]] = {}
+    for challenge in challenges:
+        for goal in challenge.goals:
+            index.setdefault((goal.source, goal.stat_code), []).append(goal)
+    return ChallengeConfig(
+        challenges=tuple(challenges), index={k: tuple(v) for k, v in index.items()}
+    )
+
+
+def load_config(path: str | Path) -> ChallengeConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}"]) from None
+    return parse_config(data)

@@ -1,0 +1,321 @@
+"""Progress rules (SPEC §4, §6): event -> pending deltas, delta merging, and the pure
+"apply a delta to a row" that the SQL writer mirrors and the tests use as the oracle.
+
+No I/O here. A `Delta` is what the buffer holds for one (user, goal, period) until the
+next flush. Goals fall into four families by how events combine:
+
+- COUNTER: progress grows by an increment per event (logins; increment goals; relative
+  logins). Holds the sum and the running sum after each event (to find the exact event
+  that crossed the target, whatever the row's progress turns out to be).
+- SET: progress becomes the stat value (absolute and relative stat goals). Holds the
+  latest value by event time, the baseline candidate of the first event, and the
+  record-breaking values in order (the first event that can have completed the row).
+- DAILY: "completed today" goals. Holds the first event time of that UTC day.
+- COUNTER_DAILY: increment goals with `daily: true`: the first event of the UTC day
+  counts, the rest of that day does not.
+
+Period-sensitive goals (daily kinds, rotating goals) are buffered per period, so one
+flush can apply several days of a replay in order, exactly like live processing did.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import IntEnum
+
+from app.core.challenges import Goal, Kind, Schedule, Source
+from app.core.events import INT_MAX, Event, EventType
+
+NOT_STARTED = "not_started"
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+CLAIMED = "claimed"
+
+
+class Family(IntEnum):
+    COUNTER = 1
+    SET = 2
+    DAILY = 3
+    COUNTER_DAILY = 4
+
+
+def family_of(goal: Goal) -> Family:
+    if goal.kind is Kind.DAILY:
+        return Family.DAILY
+    if goal.kind is Kind.INCREMENT and goal.daily:
+        return Family.COUNTER_DAILY
+    if goal.source is Source.STATISTIC and (goal.kind is Kind.ABSOLUTE or goal.relative):
+        return Family.SET
+    return Family.COUNTER
+
+
+# ------------------------------------------------------------------ periods (UTC)
+
+
+def day_start(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def period_bounds(schedule: Schedule, moment: datetime) -> tuple[datetime, datetime]:
+    """[start, end) of the rotation period containing `moment`."""
+    start = day_start(moment)
+    if schedule is Schedule.DAILY:
+        return start, start + timedelta(days=1)
+    if schedule is Schedule.WEEKLY:
+        start -= timedelta(days=start.weekday())
+        return start, start + timedelta(days=7)
+    start = start.replace(day=1)
+    days = calendar.monthrange(start.year, start.month)[1]
+    return start, start + timedelta(days=days)
+
+
+def period_of(goal: Goal, moment: datetime) -> tuple[datetime, datetime] | None:
+    """The buffering period of an event for this goal (None: not period-sensitive)."""
+    if goal.kind is Kind.DAILY or (goal.kind is Kind.INCREMENT and goal.daily):
+        return period_bounds(Schedule.DAILY, moment)
+    if goal.rotation is not None:
+        return period_bounds(goal.rotation.schedule, moment)
+    return None
+
+
+# ------------------------------------------------------------------ deltas
+
+
+class Delta:
+    """Pending change for one (user, goal, period); merged in place per event."""
+
+    __slots__ = (
+        "amount",
+        "events",
+        "family",
+        "first_base",
+        "first_time",
+        "goal",
+        "last_time",
+        "namespace",
+        "period_end",
+        "period_start",
+        "steps",
+        "user_id",
+        "value",
+        "value_time",
+    )
+
+    def __init__(
+        self,
+        goal: Goal,
+        user_id: str,
+        namespace: str,
+        period: tuple[datetime, datetime] | None,
+        event_time: datetime,
+    ):
+        self.goal = goal
+        self.family = family_of(goal)
+        self.user_id = user_id
+        self.namespace = namespace
+        self.period_start: datetime | None = period[0] if period else None
+        self.period_end: datetime | None = period[1] if period else None
+        self.amount = 0  # COUNTER sum / COUNTER_DAILY increment of the day's first event
+        self.value = 0  # SET: latest value by event time
+        self.value_time = event_time
+        self.first_base: int | None = None  # SET: value - inc of the first event
+        self.first_time = event_time
+        self.last_time = event_time
+        self.steps: list[tuple[int, datetime]] = []  # (level after the event, event time)
+        self.events = 0
+
+    def add(self, event: Event) -> None:
+        t = event.event_time
+        family = self.family
+        self.events += 1
+        if family is Family.COUNTER:
+            step = 1 if event.type is EventType.LOGIN or event.inc <= 0 else event.inc
+            self.amount = min(self.amount + step, INT_MAX)
+            if not self.steps or self.steps[-1][0] < self.goal.target:
+                self.steps.append((self.amount, t))
+        elif family is Family.SET:
+            if self.events == 1 or t >= self.value_time:
+                self.value, self.value_time = event.value, t
+            if self.events == 1 or t < self.first_time:
+                self.first_base = max(event.value - event.inc, -INT_MAX)
+            if not self.steps or event.value > self.steps[-1][0]:
+                self.steps.append((event.value, t))
+        elif family is Family.COUNTER_DAILY and (self.events == 1 or t < self.first_time):
+            self.amount = event.inc if event.type is EventType.STATISTIC and event.inc > 0 else 1
+        self.first_time = min(self.first_time, t)
+        self.last_time = max(self.last_time, t)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.user_id, self.goal.goal_id)
+
+    def __repr__(self) -> str:
+        return (
+            f"Delta({self.user_id!r}, {self.goal.goal_id!r}, {self.family.name}, "
+            f"period={self.period_start}, amount={self.amount}, value={self.value}, "
+            f"events={self.events})"
+        )
+
+
+BufferKey = tuple[str, str, datetime | None]
+
+
+def applies(goal: Goal, event: Event) -> bool:
+    """Negative stat values are ignored for value-setting goals (SPEC §4)."""
+    return event.value >= 0 or family_of(goal) is not Family.SET
+
+
+def fold(deltas: dict[BufferKey, Delta], event: Event, goals: Iterable[Goal]) -> int:
+    """Merge one event into the pending deltas; returns how many goals it moved."""
+    moved = 0
+    for goal in goals:
+        if not applies(goal, event):
+            continue
+        period = period_of(goal, event.event_time)
+        key = (event.user_id, goal.goal_id, period[0] if period else None)
+        delta = deltas.get(key)
+        if delta is None:
+            delta = deltas[key] = Delta(
+                goal, event.user_id, event.namespace, period, event.event_time
+            )
+        delta.add(event)
+        moved += 1
+    return moved
+
+
+# ------------------------------------------------------------------ the oracle
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One user_goal_progress row as the rules see it (timestamps naive UTC)."""
+
+    user_id: str
+    goal_id: str
+    challenge_id: str
+    namespace: str
+    progress: int = 0
+    status: str = NOT_STARTED
+    completed_at: datetime | None = None
+    claimed_at: datetime | None = None
+    updated_at: datetime | None = None
+    is_active: bool = True
+    expires_at: datetime | None = None
+    baseline_value: int | None = None
+
+
+def _claimed(row: Row) -> bool:
+    return row.status == CLAIMED or row.claimed_at is not None
+
+
+def _completion_time(delta: Delta, need: int) -> datetime:
+    """Event time of the first buffered event whose level reached `need`."""
+    for level, moment in delta.steps:
+        if level >= need:
+            return moment
+    return delta.first_time if delta.family is Family.COUNTER_DAILY else delta.last_time
+
+
+def apply_delta(
+    row: Row | None,
+    delta: Delta,
+    now: datetime,
+    *,
+    assignment_mode: str = "auto",
+    counted_day: datetime | None = None,
+) -> Row | None:
+    """The row after a flush of `delta` (same row object when nothing may change).
+
+    `counted_day` is the service's own "last counted day" mark for COUNTER_DAILY goals.
+    This is the executable form of the rules; tables/writer.py expresses the same in SQL.
+    """
+    goal = delta.goal
+    family = delta.family
+    if row is None:
+        if assignment_mode != "auto":
+            return None
+        current = Row(delta.user_id, goal.goal_id, goal.challenge_id, delta.namespace)
+        fresh = True
+    else:
+        current, fresh = row, False
+        if not row.is_active:
+            return row
+
+    # Period-sensitive families always carry a period; the fallbacks only satisfy typing.
+    period_start = delta.period_start or datetime.min
+    period_end = delta.period_end or datetime.max
+    rotating = goal.rotation is not None
+    new_period = stale = False
+    if rotating and not fresh:
+        if current.expires_at is not None:
+            new_period = delta.first_time >= current.expires_at
+            stale = period_end < current.expires_at
+        else:
+            reference = current.updated_at or now
+            new_period = reference < period_start
+            stale = reference >= period_end
+    if stale:
+        return row
+
+    new_day = family is Family.DAILY and (
+        current.completed_at is None or current.completed_at < period_start
+    )
+    if family is Family.DAILY and not new_day:
+        return row
+    reopen = _claimed(current) and (
+        new_day or (new_period and goal.rotation is not None and goal.rotation.allow_reselection)
+    )
+    if _claimed(current) and not reopen:
+        return row
+    if (
+        family is Family.COUNTER_DAILY
+        and not fresh
+        and (counted_day is not None and counted_day >= period_start)
+    ):
+        return row
+
+    restart = goal.rotation is not None and (fresh or new_period) and goal.rotation.reset_progress
+    if family is Family.SET:
+        progress = delta.value
+        first_base = delta.first_base if delta.first_base is not None else 0
+        base_level = 0
+    elif family is Family.DAILY:
+        progress, first_base, base_level = 1, 0, 0
+    else:
+        progress = min(current.progress + delta.amount, INT_MAX)
+        first_base = current.progress
+        base_level = current.progress
+
+    baseline = current.baseline_value
+    if goal.relative and (restart or baseline is None):
+        baseline = first_base
+    offset = baseline if goal.relative and baseline is not None else 0
+
+    keep_completed = current.status in (COMPLETED, CLAIMED) and not restart
+    need = goal.target + offset - base_level
+    completes = progress - offset >= goal.target or any(level >= need for level, _ in delta.steps)
+    completed_at: datetime | None
+    if family is Family.DAILY:
+        status, completed_at = COMPLETED, delta.first_time
+    elif keep_completed:
+        status = COMPLETED
+        completed_at = current.completed_at or _completion_time(delta, need)
+    elif completes:
+        status = COMPLETED
+        completed_at = _completion_time(delta, need)
+    else:
+        status = IN_PROGRESS
+        completed_at = None if restart else current.completed_at
+    return replace(
+        current,
+        progress=progress,
+        status=status,
+        completed_at=completed_at,
+        claimed_at=None if reopen else current.claimed_at,
+        updated_at=now,
+        expires_at=delta.period_end if rotating else current.expires_at,
+        baseline_value=baseline,
+    )

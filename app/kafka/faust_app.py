@@ -1,0 +1,112 @@
+"""The Faust app of Kafka mode: topics and the core pipeline the agents feed.
+
+    source topics --ingest agents--> <ns>.<group>.events-by-user --progress agent-->
+    core Pipeline (namespace filter, goal index, dedup, buffer) --flusher--> Writer
+
+The agents themselves live in `agents/` and are attached by `agents.worker`. Faust's web
+server is off (nothing of ours is served there, and no table views); the dedup buffer is
+the core in-memory Generation buffer, not a Faust table (docs/kafka.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from app.core.challenges import ChallengeConfig
+from app.core.events import EventType
+from app.core.settings import Settings
+from app.kafka import metrics as kafka_metrics
+from app.kafka.runtime import PositionBook, ProgressRuntime
+from app.kafka.topics import Topics, dlq_topic
+from app.pipeline import Pipeline
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+@dataclass(frozen=True)
+class SourceTopic:
+    """One AGS source topic with the event type it carries and its dead-letter topic."""
+
+    topic: faust.TopicT
+    event_type: EventType
+    dlq: faust.TopicT
+
+
+@dataclass(frozen=True)
+class KafkaApp:
+    """The Faust app and what its agents are attached to."""
+
+    app: faust.App
+    sources: tuple[SourceTopic, ...]
+    by_user: faust.TopicT
+    runtime: ProgressRuntime
+
+
+def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
+    namespace = settings.require_namespace()
+    topics = Topics(namespace, settings.kafka_consumer_group)
+    datadir = Path(tempfile.gettempdir()) / f"faust-{topics.group}-{namespace}"
+    session = settings.kafka_session_timeout
+    app = faust.App(
+        topics.group,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_list],
+        autodiscover=False,
+        web_enabled=False,
+        store="memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.kafka_repartition_partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger=0.005,  # batch the forwarded records instead of one request each
+        broker_commit_interval=1.0,
+        # a killed worker's partitions move after this long (Faust's default is 60 s)
+        broker_session_timeout=session,
+        broker_heartbeat_interval=max(1.0, session / 5),
+        stream_wait_empty=True,
+        worker_redirect_stdouts=False,
+    )
+    book = PositionBook(topics.group, topics.repartition)
+    # event ids recorded with the rows: a duplicate id at another offset (a producer retry)
+    # is applied once even across restarts, within DEDUP_WINDOW
+    pipeline = Pipeline.open(settings, config, record_event_ids=True, extra_for=book.extra_for)
+    runtime = ProgressRuntime(pipeline, book)
+    by_user = app.topic(
+        topics.repartition,
+        partitions=settings.kafka_repartition_partitions,
+        internal=True,
+        **RAW,
+    )
+    sources = tuple(
+        SourceTopic(app.topic(name, **RAW), event_type, app.topic(dlq_topic(name), **RAW))
+        for name, event_type in topics.sources.items()
+    )
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def start_flusher() -> None:
+        pipeline.start()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stubs reject async receivers
+    async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
+        kafka_metrics.READY.set(0)
+        book.forget({tp.partition for tp in revoked if tp.topic == topics.repartition})
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stubs reject async receivers
+    async def on_rebalanced(sender: faust.App, **_: Any) -> None:
+        kafka_metrics.READY.set(1)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust's stubs reject async receivers
+    async def final_flush(sender: faust.App, **_: Any) -> None:
+        kafka_metrics.READY.set(0)
+        await pipeline.close()
+
+    return KafkaApp(app, sources, by_user, runtime)

@@ -1,0 +1,188 @@
+"""Kafka mode under faults: kill -9 mid-stream, scale-out with a rebalance, broker restart.
+
+Each compares the final table with an expectation computed independently from the
+generated stream (counts per user), so a lost or a double-counted increment shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.helpers.kafka import (
+    Worker,
+    create_topics,
+    drained,
+    mixed_stream,
+    new_namespace,
+    produce,
+    table,
+    wait_for,
+    write_config,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
+
+
+async def applied(engine: AsyncEngine, group: str) -> int:
+    """Repartition records covered by committed flushes (all partitions)."""
+    async with engine.connect() as conn:
+        total = await conn.scalar(
+            text(
+                "SELECT coalesce(sum(next_offset), 0) FROM challenge_consumer_offsets "
+                "WHERE consumer_group = :g"
+            ),
+            {"g": group},
+        )
+    return int(total or 0)
+
+
+async def settle(bootstrap: str, engine: AsyncEngine, ns: str, workers: list[Worker]) -> None:
+    async def done() -> bool:
+        for w in workers:
+            assert w.proc is not None and w.proc.poll() is None, w.tail()
+        return await drained(bootstrap, engine, ns, workers[0].group)
+
+    await wait_for(done, 120, "workers drained", every=0.5)
+
+
+async def test_kill_9_mid_stream_twice_then_restart_is_exact(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 50_000, 1_000)
+    config = write_config(tmp_path)
+    first = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w1.log").start()
+    try:
+        await produce(kafka_bootstrap, records[:25_000])
+        await first.wait_ready()
+        rest = asyncio.create_task(produce(kafka_bootstrap, records[25_000:]))
+
+        async def mid_stream() -> bool:
+            return await applied(pg_engine, first.group) >= 15_000
+
+        await wait_for(mid_stream, 60, "first worker mid-stream")
+        first.kill()
+        await rest
+        assert not await drained(kafka_bootstrap, pg_engine, ns, first.group)
+    finally:
+        first.kill()
+    # the second one dies too, while catching up (recovering from the first crash)
+    second = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w2.log").start()
+    try:
+
+        async def catching_up() -> bool:
+            return await applied(pg_engine, first.group) >= 30_000
+
+        await wait_for(catching_up, 90, "second worker catching up")
+        second.kill()
+        assert not await drained(kafka_bootstrap, pg_engine, ns, first.group)
+    finally:
+        second.kill()
+    third = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w3.log").start()
+    try:
+        await settle(kafka_bootstrap, pg_engine, ns, [third])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        third.terminate()
+
+
+async def test_two_workers_one_leaves_mid_stream_is_exact(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 30_000, 1_000, seed=11)
+    config = write_config(tmp_path)
+    a = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "a.log").start()
+    b = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "b.log").start()
+    try:
+        await a.wait_ready()
+        await b.wait_ready()
+        await produce(kafka_bootstrap, records[:15_000])
+
+        async def both_working() -> bool:
+            a_done = a.metric("challenge_event_handler_events_processed_total") or 0
+            b_done = b.metric("challenge_event_handler_events_processed_total") or 0
+            return a_done > 1000 and b_done > 1000
+
+        await wait_for(both_working, 60, "both workers processing")
+        rest = asyncio.create_task(produce(kafka_bootstrap, records[15_000:]))
+        assert b.terminate() == 0, b.tail()
+        await rest
+        await settle(kafka_bootstrap, pg_engine, ns, [a])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        b.kill()
+        a.terminate()
+
+
+async def test_broker_restart_mid_stream_worker_recovers(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path, outage
+):
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 20_000, 500, seed=5)
+    w = Worker(pg_url, kafka_bootstrap, ns, write_config(tmp_path), tmp_path / "w.log").start()
+    try:
+        await w.wait_ready()
+        await produce(kafka_bootstrap, records[:10_000])
+        await wait_for(lambda: applied(pg_engine, w.group), 60, "some progress")
+        outage.stop("kafka")
+        outage.start("kafka")
+        await produce(kafka_bootstrap, records[10_000:])
+        await settle(kafka_bootstrap, pg_engine, ns, [w])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        w.terminate()
+
+
+async def test_tiny_buffer_backpressure_loses_nothing(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    """BUFFER_MAX_SIZE far below the working set: the progress agent waits for flushes
+    (consumption pauses) and the result is still exact."""
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 5_000, 1_000, seed=3, keyed=False)
+    await produce(kafka_bootstrap, records)
+    w = Worker(
+        pg_url,
+        kafka_bootstrap,
+        ns,
+        write_config(tmp_path),
+        tmp_path / "w.log",
+        BUFFER_MAX_SIZE="50",
+        BUFFER_FLUSH_INTERVAL="1s",
+    ).start()
+    try:
+        await settle(kafka_bootstrap, pg_engine, ns, [w])
+        assert await table(pg_engine) == expected.rows()
+        assert (w.metric("challenge_event_handler_buffer_size") or 0) <= 50
+    finally:
+        w.terminate()
+
+
+async def test_database_outage_mid_stream_worker_waits_and_catches_up(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path, outage
+):
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 20_000, 500, seed=9)
+    w = Worker(pg_url, kafka_bootstrap, ns, write_config(tmp_path), tmp_path / "w.log").start()
+    try:
+        await w.wait_ready()
+        await produce(kafka_bootstrap, records[:10_000])
+        await wait_for(lambda: applied(pg_engine, w.group), 60, "some progress")
+        outage.stop("pg")
+        await produce(kafka_bootstrap, records[10_000:])  # the broker takes them meanwhile
+        outage.start("pg")
+        await settle(kafka_bootstrap, pg_engine, ns, [w])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        w.terminate()

@@ -1,0 +1,150 @@
+"""Settings parsing (SPEC §7) and event decoding/validation (SPEC §1.2, §2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from app.core.events import EventType, InvalidEvent, decode_json_event, to_int
+from app.core.settings import Settings, SettingsError, async_database_url, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("100ms", 0.1), ("1s", 1.0), ("1.5s", 1.5), ("2m", 120.0), ("3", 3.0)]
+)
+def test_durations(raw, seconds):
+    assert parse_duration("X", raw) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"BUFFER_FLUSH_INTERVAL": "soon"}, "BUFFER_FLUSH_INTERVAL"),
+        ({"BUFFER_MAX_SIZE": "-1"}, "BUFFER_MAX_SIZE"),
+        ({"DB_BATCH_SIZE": "lots"}, "DB_BATCH_SIZE"),
+        ({"GRPC_PORT": "70000"}, "GRPC_PORT"),
+        ({"ACK_MODE": "eventually"}, "ACK_MODE"),
+        ({"ASSIGNMENT_MODE": "maybe"}, "ASSIGNMENT_MODE"),
+        ({"DEDUP_WINDOW": "0s"}, "DEDUP_WINDOW"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ],
+)
+def test_a_bad_value_names_the_variable(env, variable):
+    with pytest.raises(SettingsError, match=f"^{variable}: "):
+        Settings.from_env(env)
+
+
+def test_defaults_and_database_selection():
+    s = Settings.from_env({})
+    assert (s.grpc_port, s.metrics_port, s.flush_interval, s.buffer_max_size, s.db_batch_size) == (
+        6565,
+        8080,
+        1.0,
+        10_000,
+        1000,
+    )
+    assert (s.ack_mode, s.assignment_mode, s.dedup_window) == ("durable", "auto", 600.0)
+    assert s.is_sqlite
+    pg = Settings.from_env({"DB_HOST": "db", "DB_PASSWORD": "p@ss"})
+    assert pg.database_url == "postgresql+asyncpg://postgres:p%40ss@db:5432/challenge_db"
+    assert (
+        async_database_url("X", "postgresql://u:p@h:5432/d") == "postgresql+asyncpg://u:p@h:5432/d"
+    )
+    assert async_database_url("X", "sqlite:///tmp/x.db") == "sqlite+aiosqlite:///tmp/x.db"
+    assert (
+        async_database_url("X", "postgresql://u:p@h/d?sslmode=require")
+        == "postgresql+asyncpg://u:p@h/d?ssl=require"
+    )
+
+
+def test_namespace_required_in_grpc_mode():
+    with pytest.raises(SettingsError, match=r"^AB_NAMESPACE: "):
+        Settings.from_env({}).require_namespace()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(42.7, 42), (-1.1, -1), (0.9, 0), (3e9, 2_147_483_647), (-3e9, -2_147_483_648)],
+)
+def test_values_truncate_toward_zero_and_clamp(value, expected):
+    assert to_int(value) == expected
+
+
+def test_proto_json_shape():
+    event = decode_json_event(
+        b'{"id":"e1","namespace":"mygame","userId":"u:1","timestamp":"2026-11-20T10:00:00+02:00",'
+        b'"payload":{"statCode":"match_wins","latestValue":42.7,"inc":1.9}}',
+        EventType.STATISTIC,
+    )
+    assert (event.user_id, event.namespace, event.stat_code, event.value, event.inc) == (
+        "u:1",
+        "mygame",
+        "match_wins",
+        42,
+        1,
+    )
+    assert event.event_time == datetime(2026, 11, 20, 8, 0)
+
+
+def test_short_shape_with_record_time_fallback():
+    record_time = datetime(2026, 11, 21, 12, 0)
+    event = decode_json_event(
+        {
+            "id": "event-456",
+            "payload": {
+                "userId": "abc123",
+                "namespace": "mygame",
+                "statCode": "match_wins",
+                "value": 42.0,
+            },
+        },
+        EventType.STATISTIC,
+        fallback_time=record_time,
+    )
+    assert (event.user_id, event.namespace, event.value, event.event_time) == (
+        "abc123",
+        "mygame",
+        42,
+        record_time,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "event_type", "reason", "message"),
+    [
+        (b"null", EventType.LOGIN, "nil_message", "message cannot be nil"),
+        (b'{"payload":{}}', EventType.LOGIN, "empty_user_id", "userId cannot be empty"),
+        (b'{"userId":"u"}', EventType.STATISTIC, "nil_payload", "payload cannot be nil"),
+        (
+            b'{"userId":"u","payload":{"latestValue":1}}',
+            EventType.STATISTIC,
+            "empty_stat_code",
+            "statCode cannot be empty",
+        ),
+        (
+            b'{"userId":"' + b"x" * 101 + b'"}',
+            EventType.LOGIN,
+            "user_id_too_long",
+            "userId too long",
+        ),
+        (b"{oops", EventType.LOGIN, "undecodable", None),
+        (
+            b'{"userId":"u","payload":{"statCode":"s","latestValue":"many"}}',
+            EventType.STATISTIC,
+            "invalid_value",
+            "latestValue is not a number",
+        ),
+    ],
+)
+def test_invalid_events(raw, event_type, reason, message):
+    with pytest.raises(InvalidEvent) as caught:
+        decode_json_event(raw, event_type)
+    assert caught.value.reason == reason
+    if message:
+        assert caught.value.message == message
+
+
+def test_user_id_of_exactly_100_characters_is_fine():
+    assert decode_json_event({"userId": "x" * 100}, EventType.LOGIN).user_id == "x" * 100
