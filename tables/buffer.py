@@ -184,6 +184,7 @@ class Flusher:
     def generation(self) -> Generation:
         if self.current is None:
             self.current = Generation(log=None if self.event_id_window is None else [])
+            self._wake.set()  # arm the interval timer of the new generation
         return self.current
 
     def try_add(
