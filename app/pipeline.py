@@ -184,6 +184,7 @@ class Pipeline:
     def _flushed(self, generation: Generation, result: WriteResult, elapsed: float) -> None:
         metrics.FLUSH_DURATION.observe(elapsed)
         metrics.DB_BATCH_SIZE.observe(result.rows)
+        metrics.DB_ROUND_TRIPS.inc(result.round_trips)
         metrics.BUFFER_SIZE.set(self.flusher.pending)
         if result.duplicates:
             metrics.DUPLICATES.inc(result.duplicates)

@@ -74,7 +74,8 @@ class WriteResult:
     inserted: int = 0
     missing: int = 0  # ASSIGNMENT_MODE=required: no row to update
     duplicates: int = 0  # events already applied by an earlier flush (event-id claim)
-    statements: int = 0
+    statements: int = 0  # merge statements
+    round_trips: int = 0  # every statement sent, BEGIN and COMMIT included
     poisoned: list[tuple[Delta, str]] = field(default_factory=list)
     # Deltas of users with a row held by another transaction: not written, for the next flush.
     carried: list[Delta] = field(default_factory=list)
@@ -89,6 +90,7 @@ class WriteResult:
         self.missing += other.missing
         self.duplicates += other.duplicates
         self.statements += other.statements
+        self.round_trips += other.round_trips
         self.poisoned.extend(other.poisoned)
         self.carried.extend(other.carried)
         self.dead_letters_escaped += other.dead_letters_escaped
@@ -338,6 +340,9 @@ class Writer:
                     await self._dead_letters(conn, source, result)
                 if extra is not None:
                     await extra(conn)
+                result.round_trips += (
+                    2 + result.statements + (claim is not None) + bool(result.poisoned)
+                )
         except (_Poison, _Held, TransientWriteError):
             raise
         except Exception as exc:

@@ -45,6 +45,10 @@ ROWS_CARRIED = Counter(
     "Buffered updates carried to the next flush because another transaction held their "
     "user's row (counted again each flush they stay held)",
 )
+DB_ROUND_TRIPS = Counter(
+    f"{PREFIX}_db_statements_total",
+    "SQL statements the flushes sent (BEGIN and COMMIT included), committed flushes only",
+)
 FLUSH_RETRIES = Counter(
     f"{PREFIX}_flush_retries_total", "Flush attempts that failed and were retried"
 )
