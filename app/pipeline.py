@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -69,6 +70,10 @@ class Pipeline:
             commit_delay=settings.commit_delay,
         )
         self.dedup: DedupWindow[Generation] = DedupWindow(settings.dedup_window)
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # Read at scrape time: nothing to do per event. (GRPC_WORKERS' multiprocess
+            # mode cannot call back into a worker: there it is set per flush.)
+            metrics.BUFFER_SIZE.set_function(lambda: self.flusher.pending)
         self.owns_engine = False
         # What happened to submitted events (for summaries; metrics hold the same counts).
         self.outcomes: Counter[str] = Counter()
@@ -160,8 +165,7 @@ class Pipeline:
         generation, moved = await self.flusher.add(event, goals, timeout=timeout, urgent=urgent)
         if event.event_id:
             self.dedup.remember(event.event_id, generation)
-        metrics.PROCESSED.inc()
-        metrics.BUFFER_SIZE.set(self.flusher.pending)
+        metrics.PROCESSED.inc()  # the buffer_size gauge is set per flush, not per event
         metrics.PROCESSING.observe(time.perf_counter() - started)
         if moved == 0:
             metrics.SKIPPED.labels("ignored_value").inc()

@@ -166,6 +166,7 @@ class Flusher:
         self._carry_due = 0.0
         self._held: dict[str, Waiters] = {}
         self._flushing: Generation | None = None
+        self._carry_in_flight = 0
         # Health: failed attempts in a row, and when the flush in flight started.
         self.failures = 0
         self.flush_started: float | None = None
@@ -178,8 +179,8 @@ class Flusher:
 
     @property
     def carried(self) -> int:
-        """Deltas waiting for rows another transaction holds."""
-        return len(self._carry)
+        """Deltas waiting for rows another transaction holds (the flush in flight's too)."""
+        return len(self._carry) + self._carry_in_flight
 
     def generation(self) -> Generation:
         if self.current is None:
@@ -344,6 +345,7 @@ class Flusher:
         self._flushing = generation
         carry, carry_log = self._carry, self._carry_log
         self._carry, self._carry_log = [], []
+        self._carry_in_flight = len(carry)
         deltas = [*carry, *generation.deltas.values()]
         events = None if generation.log is None else [*carry_log, *generation.log]
         extra = self.extra_for(generation) if self.extra_for else None
@@ -361,6 +363,7 @@ class Flusher:
         elapsed = time.perf_counter() - started
         self._settle(generation, result, events)
         self._flushing = None
+        self._carry_in_flight = 0
         if self.on_flush:
             self.on_flush(generation, result, elapsed)
         # The dedup window keeps generations for minutes: keep only what waiters need.

@@ -46,6 +46,8 @@ _FORGET = {
     "sqlite": "DELETE FROM challenge_processed_events WHERE event_id IN (SELECT value FROM json_each(:ids))",
 }
 
+_STATEMENTS = {sql: text(sql) for sql in _RECORD.values()}  # parsed once (hot path)
+
 
 def storable(text_: str) -> str:
     """`text_` as PostgreSQL text can hold it: NUL and lone surrogates escaped (rare)."""
@@ -99,7 +101,7 @@ class EventClaim:
             "now": _bind_time(dialect, now),
             "expires": _bind_time(dialect, now + timedelta(seconds=self.window)),
         }
-        fresh = {row[0] for row in await conn.execute(text(_RECORD[dialect]), params)}
+        fresh = {row[0] for row in await conn.execute(_STATEMENTS[_RECORD[dialect]], params)}
         self.fresh = {key: stored[key] for key in fresh}
         return {stored[key] for key in keys if key not in fresh}
 

@@ -20,13 +20,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
-from sqlalchemy import insert, text
+from sqlalchemy import TextClause, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.progress import Delta
@@ -177,6 +178,12 @@ def _source_row(delta: Delta) -> SourceRow:
         delta.period_end,
         _steps_json(delta),
     )
+
+
+@functools.cache
+def _clause(statement: str) -> TextClause:
+    """Parsed once: `text()` scans the statement for bind parameters on every call."""
+    return text(statement)
 
 
 def _letter(source: str, delta: Delta, reason: str) -> dict[str, object]:
@@ -438,7 +445,7 @@ class Writer:
         by_key = {d.key: d for d in chunk}
         for _attempt in range(5):
             params = {name: [row[i] for row in rows] for i, (name, _) in enumerate(SOURCE_COLUMNS)}
-            reported = (await conn.execute(text(statement), params)).all()
+            reported = (await conn.execute(_clause(statement), params)).all()
             result.statements += 1
             raced: list[Delta] = []
             for tag, user_id, goal_id in reported:
@@ -467,10 +474,10 @@ class Writer:
         params = {"rows": orjson.dumps(encoded).decode()}
         statements = self.statements
         assert statements.update is not None and statements.marks is not None
-        result.updated += len((await conn.execute(text(statements.update), params)).all())
+        result.updated += len((await conn.execute(_clause(statements.update), params)).all())
         result.statements += 1
         if statements.insert is not None:
-            result.inserted += len((await conn.execute(text(statements.insert), params)).all())
+            result.inserted += len((await conn.execute(_clause(statements.insert), params)).all())
             result.statements += 1
         else:  # required mode: count the keys that have no row
             keys = [(r[0], r[1]) for r in rows]
@@ -483,5 +490,5 @@ class Writer:
                 {"keys": orjson.dumps(keys).decode()},
             )
             result.missing += len(keys) - int(existing.scalar_one())
-        await conn.execute(text(statements.marks), params)
+        await conn.execute(_clause(statements.marks), params)
         result.statements += 1
