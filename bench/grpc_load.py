@@ -272,7 +272,9 @@ class Target:
 # ------------------------------------------------------------------ runs
 
 
-def loadgen(target: Target, mode: str, value: float, args: argparse.Namespace, acked: Path) -> dict:
+def loadgen_cmd(
+    target: Target, mode: str, value: float, args: argparse.Namespace, acked: Path
+) -> list[str]:
     cmd = [
         str(LOADGEN),
         f"-target=127.0.0.1:{target.port}",
@@ -284,6 +286,11 @@ def loadgen(target: Target, mode: str, value: float, args: argparse.Namespace, a
         f"-run={target.name}-{mode}-{int(value)}-{time.time_ns()}",
     ]
     cmd.append(f"-rate={value}" if mode == "fixed" else f"-concurrency={int(value)}")
+    return cmd
+
+
+def loadgen(target: Target, mode: str, value: float, args: argparse.Namespace, acked: Path) -> dict:
+    cmd = loadgen_cmd(target, mode, value, args, acked)
     done = subprocess.run(
         cmd, check=False, capture_output=True, text=True, timeout=args.duration + 120
     )
@@ -332,6 +339,77 @@ def one_run(
         run["verify"] = asyncio.run(verify(url, acked, errors))
     acked.unlink(missing_ok=True)
     return run
+
+
+def lock_scenario(target: Target, args: argparse.Namespace, url: str, work: Path) -> dict:
+    """SPEC §6: the backend's claim holds one user's rows FOR UPDATE for 10 s while
+    1,000 users send 200 events/s; the others must not wait, the held user stays exact."""
+    users, rate, duration, lock_at, lock_for = 1000, 200.0, 20, 5.0, 10.0
+    asyncio.run(prepare(url, args.users))
+    acked, calls = work / "lock.acked", work / "lock.calls"
+    cmd = loadgen_cmd(target, "fixed", rate, args, acked)
+    cmd = [c for c in cmd if not c.startswith(("-users=", "-duration="))]
+    cmd += [f"-users={users}", f"-duration={duration}s", f"-calls={calls}"]
+    before = target.metric("challenge_event_handler_rows_carried_total")
+    client = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+    async def hold() -> int:
+        await asyncio.sleep(lock_at)
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                locked = await conn.fetch(
+                    "SELECT 1 FROM user_goal_progress WHERE user_id = 'user-00000' FOR UPDATE"
+                )
+                await asyncio.sleep(lock_for)
+            return len(locked)
+        finally:
+            await conn.close()
+
+    locked = asyncio.run(hold())
+    out, _ = client.communicate(timeout=duration + 120)
+    summary = json.loads(out.strip().splitlines()[-1])
+    target.settle()
+    others: list[float] = []
+    other_codes: dict[str, int] = defaultdict(int)
+    held_codes: dict[str, int] = defaultdict(int)
+    held_latencies: list[float] = []
+    for line in calls.read_text().splitlines():
+        sent, user, code, latency = line.split()
+        if user == "user-00000":
+            held_codes[code] += 1
+            held_latencies.append(float(latency))
+        elif lock_at <= float(sent) / 1000 < lock_at + lock_for:
+            other_codes[code] += 1
+            if code == "OK":
+                others.append(float(latency))
+    others.sort()
+
+    def pct(q: float) -> float:
+        return others[int(q * (len(others) - 1))] if others else 0.0
+
+    errors = summary["sent"] - summary["ok"]
+    result = {
+        "target": target.name,
+        "mode": "lock",
+        "offered_rate": rate,
+        "users": users,
+        "lock": f"user-00000's {locked} rows FOR UPDATE from {lock_at:.0f} s for {lock_for:.0f} s",
+        "others_during_lock": {
+            "calls": sum(other_codes.values()),
+            "codes": dict(other_codes),
+            "p50_ms": pct(0.5),
+            "p95_ms": pct(0.95),
+            "p99_ms": pct(0.99),
+            "max_ms": others[-1] if others else 0.0,
+        },
+        "held_user": {"codes": dict(held_codes), "max_ms": max(held_latencies, default=0.0)},
+        "rows_carried": int(target.metric("challenge_event_handler_rows_carried_total") - before),
+        "overall": summary,
+        "verify": asyncio.run(verify(url, acked, errors)),
+    }
+    acked.unlink(missing_ok=True)
+    return result
 
 
 def machine() -> dict[str, Any]:
@@ -387,6 +465,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     styles = {"p50_ms": ":", "p95_ms": "--", "p99_ms": "-"}
     colors = {"empty": "tab:gray", "durable": "tab:blue", "buffered": "tab:orange"}
+    colors.update({t: None for t in results["targets"] if t not in colors})
     for target in results["targets"]:
         fixed = sorted(
             (r for r in results["runs"] if r["target"] == target and r["mode"] == "fixed"),
@@ -398,7 +477,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 [max(r[key], 0.01) for r in fixed],
                 style,
                 marker="o",
-                color=colors.get(target),
+                color=colors[target],
                 label=f"{target} {key[:3]}",
             )
     ax.set_yscale("log")
@@ -431,6 +510,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--conns", type=int, default=4)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for serve")
+    parser.add_argument(
+        "--lock-scenario", action="store_true", help="also the held-row scenario (durable)"
+    )
     services = os.environ.get("SERVICES_DIR", str(Path.home() / ".cache" / "challenge-services"))
     parser.add_argument("--pg-data", type=Path, default=Path(services) / "pg" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpc_load.json")
@@ -483,7 +565,11 @@ def main() -> None:
     }
     work = Path(tempfile.mkdtemp(prefix="grpc-load-"))
     for name in targets:
-        env = {**serve_env, "ACK_MODE": name} if name in ("durable", "buffered") else {}
+        # "durable+BUFFER_COMMIT_DELAY=2ms": a variant with more settings
+        mode_name, *overrides = name.split("+")
+        env = {}
+        if mode_name in ("durable", "buffered"):
+            env = {**serve_env, "ACK_MODE": mode_name, **dict(o.split("=", 1) for o in overrides)}
         target = Target(name, env, work)
         target.start()
         try:
@@ -500,6 +586,14 @@ def main() -> None:
                         if "verify" in run
                         else ""
                     ),
+                    flush=True,
+                )
+            if args.lock_scenario and name == "durable":
+                run = lock_scenario(target, args, url, work)
+                results["runs"].append(run)
+                print(
+                    f"{name:8} lock: {json.dumps(run['others_during_lock'])} held "
+                    f"{run['held_user']} exact {run['verify']['exact']}",
                     flush=True,
                 )
         finally:

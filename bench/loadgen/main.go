@@ -101,12 +101,15 @@ type call struct {
 	method string
 	body   []byte
 	acked  string
+	user   string
 }
 
 type result struct {
 	latency time.Duration
 	code    string
 	acked   string
+	user    string
+	sentAt  time.Duration // since the start of the run
 }
 
 type summary struct {
@@ -138,6 +141,7 @@ func main() {
 	seed := flag.Int64("seed", 1, "random seed")
 	runID := flag.String("run", fmt.Sprint(time.Now().UnixNano()), "prefix of event ids")
 	ackedPath := flag.String("acked", "", "file for the acknowledged events")
+	callsPath := flag.String("calls", "", "file with one line per call: sent_ms user code latency_ms")
 	flag.Parse()
 
 	clients := make([]*grpc.ClientConn, *conns)
@@ -166,17 +170,19 @@ func main() {
 		mu.Unlock()
 		id := fmt.Sprintf("%s-%d", *runID, counter.Add(1))
 		if isLogin {
-			return call{loginMethod, loginMessage(id, *namespace, user), "L " + user}
+			return call{loginMethod, loginMessage(id, *namespace, user), "L " + user, user}
 		}
 		return call{statMethod, statMessage(id, *namespace, user, code, value, inc),
-			fmt.Sprintf("S %s %s %d %d", user, code, int(value), int(inc))}
+			fmt.Sprintf("S %s %s %d %d", user, code, int(value), int(inc)), user}
 	}
+	var started time.Time
 	send := func(conn *grpc.ClientConn, c call, scheduled time.Time) result {
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 		defer cancel()
 		var reply []byte
 		err := conn.Invoke(ctx, c.method, &c.body, &reply)
-		return result{time.Since(scheduled), status.Code(err).String(), c.acked}
+		return result{time.Since(scheduled), status.Code(err).String(), c.acked, c.user,
+			scheduled.Sub(started)}
 	}
 
 	// Warm the connections up (not measured).
@@ -186,7 +192,7 @@ func main() {
 
 	results := make(chan result, 1<<16)
 	var wg sync.WaitGroup
-	started := time.Now()
+	started = time.Now()
 	end := started.Add(*duration)
 	if *mode == "max" {
 		for w := 0; w < *concurrency; w++ {
@@ -234,12 +240,27 @@ func main() {
 		acked = bufio.NewWriter(f)
 		defer acked.Flush()
 	}
+	var calls *bufio.Writer
+	if *callsPath != "" {
+		f, err := os.Create(*callsPath)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		calls = bufio.NewWriter(f)
+		defer calls.Flush()
+	}
 	s := summary{Mode: *mode, Rate: *rate, Concurrency: *concurrency, Codes: map[string]int{}}
 	var latencies []float64
 	var total float64
 	for r := range results {
 		s.Sent++
 		s.Codes[r.code]++
+		if calls != nil {
+			fmt.Fprintf(calls, "%.3f %s %s %.3f\n", float64(r.sentAt.Microseconds())/1000, r.user,
+				r.code, float64(r.latency.Microseconds())/1000)
+		}
 		if r.code != "OK" {
 			continue
 		}
