@@ -123,8 +123,8 @@ class Pipeline:
                     self.flusher.abort()
         finally:
             if self.owns_engine:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.engine.dispose(), 5.0)
+                with contextlib.suppress(Exception):  # a dead server: do not wait long
+                    await asyncio.wait_for(self.engine.dispose(), 5.0 if committed else 0.5)
         return committed
 
     async def submit(
