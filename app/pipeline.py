@@ -10,7 +10,9 @@ SIGHUP reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -65,8 +67,13 @@ class Pipeline:
             on_flush=self._flushed,
             on_retry=self._retrying,
             event_id_window=settings.dedup_window if record_event_ids else None,
+            commit_delay=settings.commit_delay,
         )
-        self.dedup = DedupWindow(settings.dedup_window)
+        self.dedup: DedupWindow[Generation] = DedupWindow(settings.dedup_window)
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # Read at scrape time: nothing to do per event. (GRPC_WORKERS' multiprocess
+            # mode cannot call back into a worker: there it is set per flush.)
+            metrics.BUFFER_SIZE.set_function(lambda: self.flusher.pending)
         self.owns_engine = False
         # What happened to submitted events (for summaries; metrics hold the same counts).
         self.outcomes: Counter[str] = Counter()
@@ -91,23 +98,53 @@ class Pipeline:
     def start(self) -> None:
         self.flusher.start()
 
-    async def close(self) -> None:
-        """Final flush of everything buffered, then release the engine we opened."""
+    async def close(self, timeout: float | None = None) -> bool:
+        """Final flush of everything buffered, then release the engine we opened.
+
+        With `timeout` (shutdown grace) the final flush is given up when it cannot
+        commit in time (database down): waiting callers are told so, and False returned.
+        """
+        committed = True
         try:
-            await self.flusher.close()
+            if timeout is None:
+                await self.flusher.close()
+            else:
+                try:
+                    await asyncio.wait_for(self.flusher.close(), max(0.0, timeout))
+                except TimeoutError:
+                    committed = False
+                    log.error(
+                        "final flush gave up: not committed within the shutdown grace",
+                        extra={
+                            "pending": self.flusher.pending,
+                            "carried": self.flusher.carried,
+                        },
+                    )
+                    self.flusher.abort()
         finally:
             if self.owns_engine:
-                await self.engine.dispose()
+                with contextlib.suppress(Exception):  # a dead server: do not wait long
+                    await asyncio.wait_for(self.engine.dispose(), 5.0 if committed else 0.5)
+        return committed
 
     async def submit(
         self, event: Event, *, timeout: float | None = None
     ) -> asyncio.Future[WriteResult] | None:
-        """Buffer one validated event; the returned future resolves once it is committed.
+        """Buffer one validated event; the returned future resolves once its flush is done.
 
         Nothing is awaited after the event joins its generation, so a caller can attach
         bookkeeping to `flusher.generation()` right after this returns (Kafka positions
         and acks rely on it).
         """
+        generation = await self.buffer(event, timeout=timeout)
+        return None if generation is None else generation.done
+
+    async def buffer(
+        self, event: Event, *, timeout: float | None = None, urgent: bool = False
+    ) -> Generation | None:
+        """Buffer one validated event; returns the generation holding it (None: nothing
+        to write). `urgent`: the caller waits for the commit (`flusher.committed`), so
+        the flush starts at once when none is in flight."""
         started = time.perf_counter()
         namespace = self.settings.namespace
         if namespace and event.namespace != namespace:
@@ -124,12 +161,11 @@ class Pipeline:
             if earlier is not None:
                 metrics.DUPLICATES.inc()
                 self.outcomes["duplicate"] += 1
-                return earlier
-        generation, moved = await self.flusher.add(event, goals, timeout=timeout)
+                return earlier  # the original's generation: wait for its commit
+        generation, moved = await self.flusher.add(event, goals, timeout=timeout, urgent=urgent)
         if event.event_id:
-            self.dedup.remember(event.event_id, generation.done)
-        metrics.PROCESSED.inc()
-        metrics.BUFFER_SIZE.set(self.flusher.pending)
+            self.dedup.remember(event.event_id, generation)
+        metrics.PROCESSED.inc()  # the buffer_size gauge is set per flush, not per event
         metrics.PROCESSING.observe(time.perf_counter() - started)
         if moved == 0:
             metrics.SKIPPED.labels("ignored_value").inc()
@@ -147,11 +183,12 @@ class Pipeline:
                     "processing_time_ms": round((time.perf_counter() - started) * 1000, 3),
                 },
             )
-        return generation.done
+        return generation
 
     def _flushed(self, generation: Generation, result: WriteResult, elapsed: float) -> None:
         metrics.FLUSH_DURATION.observe(elapsed)
         metrics.DB_BATCH_SIZE.observe(result.rows)
+        metrics.DB_ROUND_TRIPS.inc(result.round_trips)
         metrics.BUFFER_SIZE.set(self.flusher.pending)
         if result.duplicates:
             metrics.DUPLICATES.inc(result.duplicates)
@@ -159,10 +196,16 @@ class Pipeline:
             metrics.DROPPED_ROWS.labels("no_row").inc(result.missing)
         if result.skipped:
             metrics.DROPPED_ROWS.labels("guarded").inc(result.skipped)
+        if result.carried:
+            metrics.ROWS_CARRIED.inc(len(result.carried))
         for _delta, reason in result.poisoned:
             metrics.FAILED.labels("poison_row").inc()
             metrics.DEAD_LETTERED.labels("database", "poison_row").inc()
             log.error("row dead-lettered", extra={"reason": reason[:300]})
+        if result.dead_letters_lost:
+            metrics.FAILED.labels("dead_letter_failed").inc(result.dead_letters_lost)
+        if result.abandoned:
+            metrics.FAILED.labels("flush_abandoned").inc(result.abandoned)
         log.info(
             "flush committed",
             extra={
@@ -174,6 +217,7 @@ class Pipeline:
                 "missing": result.missing,
                 "duplicates": result.duplicates,
                 "poisoned": len(result.poisoned),
+                "carried": len(result.carried),
                 "statements": result.statements,
                 "duration_ms": round(elapsed * 1000, 2),
             },

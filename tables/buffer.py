@@ -1,11 +1,22 @@
 """The dedup buffer and its flusher (SPEC §6).
 
 Events merge into one `Delta` per (user, goal, period) of the current *generation*.
-A flush takes the whole generation, writes it in one transaction, and only then resolves
-the generation's future: durable gRPC acks and Kafka offset commits wait on it (group
-commit: every call of a generation shares one flush). While a generation is being
-written, the next one fills; when it is full too, callers wait (backpressure) instead
-of growing memory. A failed write is retried with backoff and never dropped.
+A flush takes the whole generation and writes it in one transaction (group commit:
+every call of a generation shares one flush). When it starts:
+
+- at once when a durable caller waits (`urgent`) and no flush is in flight; whatever
+  arrives while a flush is in flight forms the next group, flushed right after;
+- otherwise when the oldest entry is `interval` old (buffered gRPC acks, Kafka, replay),
+  or when `max_size` entries are pending.
+
+While a generation is being written the next one fills; when that is full too, callers
+wait (backpressure) instead of growing memory.
+
+Rows held by another transaction (the backend's claim) are skipped by the write: the
+users owning them are *carried*, whole and in order, into the next flush, and only
+their callers keep waiting (`Generation.held`); everyone else is answered. A failed write
+is retried with backoff while the database is unreachable; anything else ends in row
+isolation and dead letters, so a flush always finishes.
 """
 
 from __future__ import annotations
@@ -21,11 +32,19 @@ from typing import Any
 from app.core.challenges import Goal
 from app.core.events import Event
 from app.core.progress import BufferKey, Delta, fold
-from tables.db import backoff_delay
+from tables.db import RETRY, backoff_delay
 from tables.event_ids import EventClaim, prune
-from tables.writer import Extra, TransientWriteError, Writer, WriteResult
+from tables.writer import Extra, RowsLocked, TransientWriteError, Writer, WriteResult
 
 log = logging.getLogger(__name__)
+
+# What a waiting caller learns (Waiters.wait).
+PENDING, COMMITTED, ABORTED, TIMED_OUT = 0, 1, 2, 3
+
+# A flush that keeps failing for other reasons than an outage: isolate after this many.
+_RETRIES_BEFORE_ISOLATING = 3
+# ... and give up on it (callers are told to retry) after this many failed isolations.
+_ISOLATIONS_BEFORE_GIVING_UP = 3
 
 
 class BufferFull(Exception):
@@ -36,18 +55,60 @@ class Closed(Exception):
     """The flusher is shut down and takes no more events."""
 
 
+def _time_out(future: asyncio.Future[int]) -> None:
+    if not future.done():
+        future.set_result(TIMED_OUT)
+
+
+class Waiters:
+    """Callers waiting for one commit. Each caller awaits its own future, so a caller
+    that is cancelled (client gone) or times out never disturbs the others."""
+
+    __slots__ = ("_futures", "state")
+
+    def __init__(self) -> None:
+        self._futures: list[asyncio.Future[int]] = []
+        self.state = PENDING
+
+    def settle(self, state: int) -> None:
+        self.state = state
+        futures, self._futures = self._futures, []
+        for future in futures:
+            if not future.done():
+                future.set_result(state)
+
+    async def wait(self, deadline: float) -> int:
+        """COMMITTED, ABORTED, or TIMED_OUT at `deadline` (event-loop time)."""
+        if self.state != PENDING:
+            return self.state
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._futures.append(future)
+        handle = loop.call_at(deadline, _time_out, future)
+        try:
+            return await future
+        finally:
+            handle.cancel()
+
+
 @dataclass
 class Generation:
-    """Everything buffered between two flushes, and the future its writers wait on."""
+    """Everything buffered between two flushes, and what its writers wait on."""
 
     deltas: dict[BufferKey, Delta] = field(default_factory=dict)
     events: int = 0
+    # Resolved with the flush result once the flush is done (Kafka acks, replay).
     done: asyncio.Future[WriteResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. Kafka positions
     # With event-id tracking: every event with its goals, to re-fold without duplicates.
     log: list[tuple[Event, tuple[Goal, ...]]] | None = None
+    created: float = field(default_factory=time.monotonic)
+    urgent: bool = False  # a durable caller waits: flush as soon as none is in flight
+    waiters: Waiters = field(default_factory=Waiters)
+    # Users whose rows were held by another transaction: their callers wait on these.
+    held: dict[str, Waiters] = field(default_factory=dict)
 
     def add(self, event: Event, goals: Iterable[Goal]) -> int:
         """Merge the event into its deltas; returns how many goals it moved."""
@@ -62,7 +123,7 @@ FlushListener = Callable[[Generation, WriteResult, float], None]
 
 
 class Flusher:
-    """Owns the buffer generations and the flush loop."""
+    """Owns the buffer generations, the carried rows and the flush loop."""
 
     def __init__(
         self,
@@ -75,6 +136,8 @@ class Flusher:
         on_retry: Callable[[BaseException, int], None] | None = None,
         max_backoff: float = 5.0,
         event_id_window: float | None = None,
+        commit_delay: float = 0.0,
+        carry_retry: float = 0.05,
     ):
         self.writer = writer
         self.interval = interval
@@ -85,6 +148,10 @@ class Flusher:
         self.max_backoff = max_backoff
         # Record event ids with the rows (gRPC): dedup across replicas and restarts.
         self.event_id_window = event_id_window
+        # Urgent flushes wait this long for more callers to join (0: start at once).
+        self.commit_delay = commit_delay
+        # Carried rows are retried at least this often while nothing else is flushed.
+        self.carry_retry = min(carry_retry, interval)
         self._pruned_at = time.monotonic()
         self.current: Generation | None = None
         self._wake = asyncio.Event()
@@ -93,6 +160,16 @@ class Flusher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
+        # Carried to the next flush: deltas (older first) and, with event ids, their events.
+        self._carry: list[Delta] = []
+        self._carry_log: list[tuple[Event, tuple[Goal, ...]]] = []
+        self._carry_due = 0.0
+        self._held: dict[str, Waiters] = {}
+        self._flushing: Generation | None = None
+        self._carry_in_flight = 0
+        # Health: failed attempts in a row, and when the flush in flight started.
+        self.failures = 0
+        self.flush_started: float | None = None
 
     # ---------------------------------------------------------------- intake
 
@@ -100,32 +177,54 @@ class Flusher:
     def pending(self) -> int:
         return len(self.current.deltas) if self.current else 0
 
+    @property
+    def carried(self) -> int:
+        """Deltas waiting for rows another transaction holds (the flush in flight's too)."""
+        return len(self._carry) + self._carry_in_flight
+
     def generation(self) -> Generation:
         if self.current is None:
             self.current = Generation(log=None if self.event_id_window is None else [])
+            self._wake.set()  # arm the interval timer of the new generation
         return self.current
 
-    def try_add(self, event: Event, goals: Iterable[Goal]) -> tuple[Generation, int] | None:
+    def try_add(
+        self, event: Event, goals: Iterable[Goal], urgent: bool = False
+    ) -> tuple[Generation, int] | None:
         """Add without waiting; None when the buffer is full."""
         if self._closed:
             raise Closed("flusher is closed")
-        if self.pending >= self.max_size:
+        current = self.current
+        if current is not None and len(current.deltas) >= self.max_size:
             self._wake.set()
             return None
-        generation = self.generation()
+        generation = current or self.generation()
         moved = generation.add(event, goals)
-        if len(generation.deltas) >= self.max_size:
+        if urgent and not generation.urgent:
+            generation.urgent = True
+            self._wake.set()
+        elif len(generation.deltas) >= self.max_size:
             self._wake.set()
         return generation, moved
 
     async def add(
-        self, event: Event, goals: Iterable[Goal], *, timeout: float | None = None
+        self,
+        event: Event,
+        goals: Iterable[Goal],
+        *,
+        timeout: float | None = None,
+        urgent: bool = False,
     ) -> tuple[Generation, int]:
-        """Add, waiting for space while the buffer is full (BufferFull after `timeout`)."""
+        """Add, waiting for space while the buffer is full (BufferFull after `timeout`).
+
+        `urgent`: the caller will wait for the commit (durable ack): flush at once."""
+        added = self.try_add(event, goals, urgent)
+        if added is not None:
+            return added
         goals = tuple(goals)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            added = self.try_add(event, goals)
+            added = self.try_add(event, goals, urgent)
             if added is not None:
                 return added
             self._space.clear()
@@ -137,8 +236,26 @@ class Flusher:
             except TimeoutError:
                 raise BufferFull("buffer full: database not keeping up") from None
 
+    async def committed(self, generation: Generation, user_id: str, timeout: float) -> int:
+        """Wait until `user_id`'s events of `generation` are committed: COMMITTED, or
+        TIMED_OUT after `timeout` seconds, or ABORTED (shutdown gave up on them)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        state = await generation.waiters.wait(deadline)
+        if state != COMMITTED or not generation.held:
+            return state
+        held = generation.held.get(user_id)
+        return state if held is None else await held.wait(deadline)
+
     def request_flush(self) -> None:
+        current = self.current
+        if current is not None:
+            current.urgent = True
         self._wake.set()
+
+    def stalled(self, after: float) -> bool:
+        """Writes stuck: the last attempts failed, or one flush has run for `after` s."""
+        started = self.flush_started
+        return self.failures >= 2 or (started is not None and time.monotonic() - started > after)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -147,7 +264,7 @@ class Flusher:
             self._task = asyncio.create_task(self._run(), name="flusher")
 
     async def close(self) -> None:
-        """Final flush of everything buffered, then stop."""
+        """Final flush of everything buffered (and carried), then stop."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
@@ -156,52 +273,117 @@ class Flusher:
             await self._flush_all()
         self._closed = True
 
+    def abort(self) -> None:
+        """Shutdown gave up (database down past the grace period): stop the loop and
+        tell every waiting caller so (they answer UNAVAILABLE; the bridge redelivers)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        for generation in (self._flushing, self.current):
+            if generation is not None:
+                generation.waiters.settle(ABORTED)
+        for waiters in self._held.values():
+            waiters.settle(ABORTED)
+
     async def flush_now(self) -> None:
-        """Flush everything buffered so far and wait for the commit (replay, tests)."""
-        generation = self.current
-        if generation is None:
-            return
+        """Flush everything buffered and carried so far, and wait (replay, tests)."""
         if self._task is None:
             await self._flush_all()
-        else:
-            self._wake.set()
-            await asyncio.shield(generation.done)
+            return
+        while self.current is not None or self._carry:
+            generation = self.current
+            self.request_flush()
+            if generation is not None:
+                await asyncio.shield(generation.done)
+            else:
+                await asyncio.sleep(self.carry_retry)
+
+    def _due_in(self) -> float | None:
+        """Seconds until the next flush is due (0: now); None: nothing to flush."""
+        generation = self.current
+        if self._closing:
+            return 0.0 if generation is not None or self._carry else None
+        now = time.monotonic()
+        due: float | None = None
+        if generation is not None:
+            if generation.urgent or len(generation.deltas) >= self.max_size:
+                return 0.0
+            due = generation.created + self.interval - now
+        if self._carry:
+            carry_due = self._carry_due - now
+            due = carry_due if due is None else min(due, carry_due)
+        return None if due is None else max(0.0, due)
 
     async def _run(self) -> None:
-        last = time.monotonic()
         while True:
-            timeout = max(0.0, last + self.interval - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            if self.current is not None:
-                await self._flush_generation()
-            last = time.monotonic()
-            if self._closing and self.current is None:
-                return
+            due = self._due_in()
+            if due is None:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                continue
+            if due > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), due)
+                continue
+            if self.commit_delay and not self._closing:
+                await asyncio.sleep(self.commit_delay)  # let more callers join the group
+            await self._flush_generation()
 
     async def _flush_all(self) -> None:
-        while self.current is not None:
+        while self.current is not None or self._carry:
             await self._flush_generation()
+            if self._carry and self.current is None:
+                await asyncio.sleep(self.carry_retry)
 
     async def _flush_generation(self) -> None:
         generation, self.current = self.current, None
-        if generation is None:
-            return
+        if generation is None:  # only carried rows to retry
+            generation = Generation(log=None if self.event_id_window is None else [])
         self._space.set()  # the next generation may fill while this one is written
-        deltas = list(generation.deltas.values())
+        self._flushing = generation
+        carry, carry_log = self._carry, self._carry_log
+        self._carry, self._carry_log = [], []
+        self._carry_in_flight = len(carry)
+        deltas = [*carry, *generation.deltas.values()]
+        events = None if generation.log is None else [*carry_log, *generation.log]
         extra = self.extra_for(generation) if self.extra_for else None
         claim = (
-            EventClaim(generation.log, self.event_id_window)
-            if generation.log and self.event_id_window is not None
+            EventClaim(events, self.event_id_window)
+            if events and self.event_id_window is not None
             else None
         )
-        attempt = 0
         started = time.perf_counter()
+        self.flush_started = time.monotonic()
+        try:
+            result = await self._write(deltas, extra, claim)
+        finally:
+            self.flush_started = None
+        elapsed = time.perf_counter() - started
+        self._settle(generation, result, events)
+        self._flushing = None
+        self._carry_in_flight = 0
+        if self.on_flush:
+            self.on_flush(generation, result, elapsed)
+        # The dedup window keeps generations for minutes: keep only what waiters need.
+        generation.deltas, generation.log = {}, None
+        self._space.set()
+        if claim is not None and time.monotonic() - self._pruned_at > 60:
+            self._pruned_at = time.monotonic()
+            await self._prune_event_ids()
+
+    async def _write(
+        self, deltas: list[Delta], extra: Extra | None, claim: EventClaim | None
+    ) -> WriteResult:
+        """Retry while the database is unreachable; anything else that keeps failing is
+        isolated row by row, and in the very end given up, so this always returns."""
+        attempt = retries = isolations = 0
+        isolate = False
         result = WriteResult()
         while deltas or extra is not None:
             try:
-                result.merge(await self.writer.write(deltas, extra, claim=claim))
+                result.merge(await self.writer.write(deltas, extra, claim=claim, isolate=isolate))
                 break
             except TransientWriteError as exc:
                 if exc.remaining is not None:  # some shards committed: retry only the rest
@@ -211,9 +393,13 @@ class Flusher:
                     if claim is not None:
                         claim = claim.only_users({d.user_id for d in deltas})
                 attempt += 1
-                if self.on_retry:
-                    self.on_retry(exc, attempt)
-                delay = backoff_delay(attempt, cap=self.max_backoff)
+                if exc.kind == RETRY:
+                    retries += 1
+                    isolate = retries >= _RETRIES_BEFORE_ISOLATING
+                self._failed(exc, attempt)
+                # Kafka waits for held rows: poll them briskly, they are not an outage.
+                cap = min(0.2, self.max_backoff) if isinstance(exc, RowsLocked) else None
+                delay = backoff_delay(attempt, cap=self.max_backoff if cap is None else cap)
                 log.warning(
                     "flush failed, retrying",
                     extra={
@@ -224,21 +410,58 @@ class Flusher:
                     },
                 )
                 await asyncio.sleep(delay)
-            except Exception as exc:  # a bug: keep the data, keep retrying, shout
+            except Exception as exc:  # a bug: isolate the rows, then give up on them
                 attempt += 1
-                if self.on_retry:
-                    self.on_retry(exc, attempt)
-                log.exception("flush failed unexpectedly, retrying", extra={"attempt": attempt})
+                self._failed(exc, attempt)
+                if isolate:
+                    isolations += 1
+                if isolations >= _ISOLATIONS_BEFORE_GIVING_UP:
+                    log.error(
+                        "flush abandoned: its rows could not be written or dead-lettered",
+                        extra={"rows": len(deltas), "attempts": attempt},
+                    )
+                    result.abandoned = len(deltas)
+                    break
+                isolate = True
+                log.exception(
+                    "flush failed unexpectedly, isolating rows", extra={"attempt": attempt}
+                )
                 await asyncio.sleep(backoff_delay(attempt, cap=self.max_backoff))
-        elapsed = time.perf_counter() - started
-        if self.on_flush:
-            self.on_flush(generation, result, elapsed)
+        self.failures = 0
+        return result
+
+    def _failed(self, exc: BaseException, attempt: int) -> None:
+        self.failures += 1
+        if self.on_retry:
+            self.on_retry(exc, attempt)
+
+    def _settle(
+        self,
+        generation: Generation,
+        result: WriteResult,
+        events: list[tuple[Event, tuple[Goal, ...]]] | None,
+    ) -> None:
+        """Carry the held users' deltas to the next flush; answer everyone else."""
+        held_users = {d.user_id for d in result.carried}
+        for user, waiters in list(self._held.items()):
+            if user not in held_users:  # carried rows of this user are now committed
+                del self._held[user]
+                waiters.settle(ABORTED if result.abandoned else COMMITTED)
+        if held_users:
+            if events is not None:  # one delta per key again, from the events in order
+                self._carry_log = [item for item in events if item[0].user_id in held_users]
+                folded: dict[BufferKey, Delta] = {}
+                for event, goals in self._carry_log:
+                    fold(folded, event, goals)
+                self._carry = list(folded.values())
+            else:
+                self._carry = result.carried
+            self._carry_due = time.monotonic() + self.carry_retry
+            for user in held_users:
+                generation.held[user] = self._held.setdefault(user, Waiters())
+        generation.waiters.settle(ABORTED if result.abandoned else COMMITTED)
         if not generation.done.done():
             generation.done.set_result(result)
-        self._space.set()
-        if claim is not None and time.monotonic() - self._pruned_at > 60:
-            self._pruned_at = time.monotonic()
-            await self._prune_event_ids()
 
     async def _prune_event_ids(self) -> None:
         """Forget event ids older than the window (best effort, its own transaction)."""

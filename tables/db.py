@@ -9,10 +9,15 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-# SQLSTATE classes worth retrying: connection, transaction rollback (serialization,
-# deadlock), schema/SQL problems (not the data's fault), insufficient resources,
-# operator intervention (shutdown), lock timeouts.
-_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "42", "53", "57", "55P03", "58")
+# SQLSTATE classes that say "the database cannot take any batch now", never "this row is
+# bad": connection, insufficient resources, operator intervention (shutdown), system
+# errors, and schema/privilege problems (not the data's fault; an operator fixes them).
+_OUTAGE_SQLSTATE_PREFIXES = ("08", "53", "57", "58", "42")
+# Worth a few retries, then the batch is isolated row by row: serialization failures and
+# deadlocks, lock timeouts, statement timeouts (a huge batch may pass when bisected).
+_RETRY_SQLSTATE_PREFIXES = ("40", "55P03", "57014")
+
+OUTAGE, RETRY, DATA = "outage", "retry", "data"
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -35,7 +40,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
+        # No ping per checkout (one round trip per flush): a dead connection fails the
+        # flush as an outage, is invalidated, and the retry takes a fresh one.
         pool_timeout=30,
         connect_args={
             "server_settings": {"timezone": "UTC", "jit": "off"},
@@ -59,22 +65,29 @@ def _sqlstate(exc: BaseException) -> str:
     return ""
 
 
+def classify(exc: BaseException) -> str:
+    """OUTAGE (retry until the database is back), RETRY (a few times, then isolate the
+    rows) or DATA (the batch holds a row the database refuses: isolate it now)."""
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return OUTAGE
+    if not isinstance(exc, DBAPIError):
+        return DATA
+    if exc.connection_invalidated:
+        return OUTAGE
+    code = _sqlstate(exc)
+    if code:
+        if code.startswith(_RETRY_SQLSTATE_PREFIXES):
+            return RETRY
+        return OUTAGE if code.startswith(_OUTAGE_SQLSTATE_PREFIXES) else DATA
+    if isinstance(exc, OperationalError | InterfaceError | ProgrammingError):
+        return OUTAGE  # the driver's own connection and protocol errors
+    return DATA
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same batch later can succeed (outage, deadlock, ...).
 
     Everything else raised by the database for a batch is treated as caused by the
     data (a poison row) and isolated.
     """
-    if isinstance(exc, OSError | TimeoutError | ConnectionError):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    code = _sqlstate(exc)
-    if code:
-        return code.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    # A missing table or bad SQL is not the data's fault; keep the batch and retry.
-    return isinstance(exc, ProgrammingError)
+    return classify(exc) != DATA

@@ -11,7 +11,7 @@ Two replicas racing on one id serialise on its primary key: one applies it, one 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import orjson
@@ -41,6 +41,31 @@ _RECORD = {
     ),
 }
 _PRUNE = "DELETE FROM challenge_processed_events WHERE expires_at < :now"
+_FORGET = {
+    "postgresql": "DELETE FROM challenge_processed_events WHERE event_id = ANY(CAST(:ids AS TEXT[]))",
+    "sqlite": "DELETE FROM challenge_processed_events WHERE event_id IN (SELECT value FROM json_each(:ids))",
+}
+
+_STATEMENTS = {sql: text(sql) for sql in _RECORD.values()}  # parsed once (hot path)
+
+
+def storable(text_: str) -> str:
+    """`text_` as PostgreSQL text can hold it: NUL and lone surrogates escaped (rare)."""
+    if "\x00" not in text_:
+        try:
+            text_.encode()
+            return text_
+        except UnicodeEncodeError:
+            pass
+    return text_.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+
+
+def _stored_ids(ids: list[str]) -> dict[str, str]:
+    """id as stored -> id as the event carries it (identity unless escaping was needed)."""
+    joined = "".join(ids)
+    if joined.isascii() and "\x00" not in joined:
+        return {i: i for i in ids}
+    return {storable(i): i for i in ids}
 
 
 def _bind_time(dialect: str, moment: datetime) -> datetime | str:
@@ -53,24 +78,43 @@ class EventClaim:
 
     log: Sequence[tuple[Event, tuple[Goal, ...]]]
     window: float
+    # ids this claim recorded itself (as stored), set by `record`
+    fresh: dict[str, str] = field(default_factory=dict)
 
     def only_users(self, users: set[str]) -> EventClaim:
         return EventClaim([item for item in self.log if item[0].user_id in users], self.window)
+
+    def without_users(self, users: set[str]) -> EventClaim:
+        return EventClaim([item for item in self.log if item[0].user_id not in users], self.window)
 
     async def record(self, conn: AsyncConnection) -> set[str]:
         """Record the ids; returns those already recorded within the window."""
         ids = list(dict.fromkeys(event.event_id for event, _ in self.log if event.event_id))
         if not ids:
             return set()
+        stored = _stored_ids(ids)
         dialect = conn.dialect.name
         now = now_utc()
+        keys = list(stored)
         params = {
-            "ids": ids if dialect == "postgresql" else orjson.dumps(ids).decode(),
+            "ids": keys if dialect == "postgresql" else orjson.dumps(keys).decode(),
             "now": _bind_time(dialect, now),
             "expires": _bind_time(dialect, now + timedelta(seconds=self.window)),
         }
-        fresh = {row[0] for row in await conn.execute(text(_RECORD[dialect]), params)}
-        return set(ids) - fresh
+        fresh = {row[0] for row in await conn.execute(_STATEMENTS[_RECORD[dialect]], params)}
+        self.fresh = {key: stored[key] for key in fresh}
+        return {stored[key] for key in keys if key not in fresh}
+
+    async def forget(self, conn: AsyncConnection, users: set[str]) -> None:
+        """Un-record (same transaction) the ids of `users`' events: their rows were
+        carried to a later flush, which records them when it writes them."""
+        ids = {event.event_id for event, _ in self.log if event.user_id in users}
+        keys = [key for key, original in self.fresh.items() if original in ids]
+        if not keys:
+            return
+        dialect = conn.dialect.name
+        params = {"ids": keys if dialect == "postgresql" else orjson.dumps(keys).decode()}
+        await conn.execute(text(_FORGET[dialect]), params)
 
     def refold(self, duplicates: set[str]) -> list[Delta]:
         """The flush's deltas without the events already applied elsewhere."""

@@ -232,12 +232,14 @@ def _insert_sql(d: Dialect) -> str:
     )
 
 
-def _marks_sql(d: Dialect, auto: bool) -> str:
+def _marks_sql(d: Dialect, auto: bool, writable: str | None = None) -> str:
     exists = (
         d.true()
         if auto
         else f"EXISTS (SELECT 1 FROM user_goal_progress x WHERE {_KEY} AND x.is_active)"
     )
+    if writable is not None:  # PostgreSQL: not for rows another transaction holds
+        exists = f"{exists} AND {writable}"
     return (
         "INSERT INTO challenge_daily_marks (user_id, goal_id, day) "
         f"SELECT s.user_id, s.goal_id, s.period_start FROM s WHERE s.family = {FAMILY_COUNTER_DAILY} "
@@ -253,8 +255,15 @@ def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements
     if d.pg:
         locked = (
             "SELECT x.user_id, x.goal_id FROM user_goal_progress x JOIN s ON "
-            f"{_KEY} ORDER BY x.user_id, x.goal_id FOR UPDATE OF x"
+            f"{_KEY} ORDER BY x.user_id, x.goal_id FOR UPDATE OF x SKIP LOCKED"
         )
+        # A row held by another transaction (the backend's claim) is skipped, not waited
+        # for: no update, no insert, no daily mark; reported 'c' and carried by the caller.
+        is_locked = (
+            "EXISTS (SELECT 1 FROM locked l WHERE l.user_id = s.user_id AND l.goal_id = s.goal_id)"
+        )
+        row_exists = f"EXISTS (SELECT 1 FROM user_goal_progress x WHERE {_KEY})"
+        writable = f"(NOT {row_exists} OR {is_locked})"
         gate = (
             "EXISTS (SELECT 1 FROM marks m WHERE m.user_id = s.user_id AND m.goal_id = s.goal_id)"
         )
@@ -264,10 +273,13 @@ def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements
         parts = [
             f"WITH s AS ({d.source()})",
             f"locked AS ({locked})",
-            f"marks AS ({_marks_sql(d, auto)})",
+            f"marks AS ({_marks_sql(d, auto, writable)})",
             f"upd AS ({update})",
         ]
-        report = ["SELECT 'u' AS tag, user_id, goal_id FROM upd"]
+        report = [
+            "SELECT 'u' AS tag, user_id, goal_id FROM upd",
+            f"SELECT 'c', s.user_id, s.goal_id FROM s WHERE {row_exists} AND NOT {is_locked}",
+        ]
         if auto:
             parts.append(f"ins AS ({_insert_sql(d)})")
             report.append("SELECT 'i', user_id, goal_id FROM ins")

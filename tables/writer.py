@@ -7,25 +7,32 @@
 - A statement that fails because of the data (a poison row) makes the writer roll back
   and redo the flush with each chunk in a savepoint, bisecting failing chunks down to
   the single rows to dead-letter; everything else still commits.
+- A row another transaction holds locked (the backend's claim) is skipped, not waited
+  for (PostgreSQL `SKIP LOCKED`): every delta of that user is left out of the commit and
+  returned in `WriteResult.carried`, so the user's events stay whole and in order and
+  their ids are not recorded as applied. With `extra` (Kafka positions, which must only
+  cover what is committed) a held row raises `RowsLocked` instead: the caller waits.
 - A transient failure (database down, deadlock) is raised as `TransientWriteError`; the
-  caller keeps the batch and retries it.
+  caller keeps the batch and retries it. A dead letter the database cannot store as-is
+  (NUL, invalid UTF-8) is stored escaped, so an isolating write always terminates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
-from sqlalchemy import insert, text
+from sqlalchemy import TextClause, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.progress import Delta
-from tables.db import is_transient
-from tables.event_ids import EventClaim
+from tables.db import OUTAGE, RETRY, classify
+from tables.event_ids import EventClaim, storable
 from tables.merge_sql import SOURCE_COLUMNS, build_statements
 from tables.schema import challenge_dead_letters
 
@@ -47,10 +54,18 @@ class TransientWriteError(Exception):
         message: str,
         remaining: list[Delta] | None = None,
         committed: WriteResult | None = None,
+        *,
+        kind: str = OUTAGE,
     ):
         super().__init__(message)
         self.remaining = remaining
         self.committed = committed
+        # OUTAGE: retry until the database is back; RETRY: a few times, then isolate.
+        self.kind = kind
+
+
+class RowsLocked(TransientWriteError):
+    """A write with `extra` met rows held by another transaction; nothing committed."""
 
 
 @dataclass
@@ -60,8 +75,14 @@ class WriteResult:
     inserted: int = 0
     missing: int = 0  # ASSIGNMENT_MODE=required: no row to update
     duplicates: int = 0  # events already applied by an earlier flush (event-id claim)
-    statements: int = 0
+    statements: int = 0  # merge statements
+    round_trips: int = 0  # every statement sent, BEGIN and COMMIT included
     poisoned: list[tuple[Delta, str]] = field(default_factory=list)
+    # Deltas of users with a row held by another transaction: not written, for the next flush.
+    carried: list[Delta] = field(default_factory=list)
+    dead_letters_escaped: int = 0
+    dead_letters_lost: int = 0  # could not be stored even escaped (logged in full)
+    abandoned: int = 0  # rows of a flush given up on (callers told to retry)
 
     def merge(self, other: WriteResult) -> None:
         self.rows += other.rows
@@ -70,18 +91,38 @@ class WriteResult:
         self.missing += other.missing
         self.duplicates += other.duplicates
         self.statements += other.statements
+        self.round_trips += other.round_trips
         self.poisoned.extend(other.poisoned)
+        self.carried.extend(other.carried)
+        self.dead_letters_escaped += other.dead_letters_escaped
+        self.dead_letters_lost += other.dead_letters_lost
+        self.abandoned += other.abandoned
 
     @property
     def skipped(self) -> int:
         """Guarded out: inactive, claimed, stale period, already counted today."""
-        return self.rows - self.updated - self.inserted - self.missing - len(self.poisoned)
+        return (
+            self.rows
+            - self.updated
+            - self.inserted
+            - self.missing
+            - len(self.poisoned)
+            - len(self.carried)
+        )
 
 
 class _Poison(Exception):
     def __init__(self, cause: BaseException):
         super().__init__(str(cause))
         self.cause = cause
+
+
+class _Held(Exception):
+    """Rolls back a transaction that wrote part of a held user's deltas."""
+
+    def __init__(self, users: set[str]):
+        super().__init__(f"{len(users)} users hold locked rows")
+        self.users = users
 
 
 def rounds_of(deltas: Sequence[Delta]) -> list[list[Delta]]:
@@ -139,6 +180,22 @@ def _source_row(delta: Delta) -> SourceRow:
     )
 
 
+@functools.cache
+def _clause(statement: str) -> TextClause:
+    """Parsed once: `text()` scans the statement for bind parameters on every call."""
+    return text(statement)
+
+
+def _letter(source: str, delta: Delta, reason: str) -> dict[str, object]:
+    return {
+        "source": source,
+        "user_id": delta.user_id,
+        "goal_id": delta.goal.goal_id,
+        "reason": reason[:2000],
+        "payload": repr(delta),
+    }
+
+
 _TIME_COLUMNS = [i for i, (_, sqltype) in enumerate(SOURCE_COLUMNS) if sqltype == "timestamp"]
 
 
@@ -165,6 +222,7 @@ class Writer:
         *,
         source: str = "flush",
         claim: EventClaim | None = None,
+        isolate: bool = False,
     ) -> WriteResult:
         """Commit every delta (or dead-letter the poison ones) plus `extra`.
 
@@ -174,10 +232,11 @@ class Writer:
         so only it is retried (the others are committed and must not be applied twice).
         With `claim`, the flush's event ids are recorded in the same transaction and
         events already applied (by another replica, or before a restart) are left out.
+        `isolate`: go straight to row-by-row isolation (a batch that keeps failing).
         """
         shards = min(self.parallelism, len(deltas) // self.batch_size)
         if extra is not None or shards < 2:
-            return await self._write_one(deltas, extra, source, claim)
+            return await self._write_one(deltas, extra, source, claim, isolate)
         parts: list[list[Delta]] = [[] for _ in range(shards)]
         for delta in deltas:
             parts[hash(delta.user_id) % shards].append(delta)
@@ -188,6 +247,7 @@ class Writer:
                     None,
                     source,
                     None if claim is None else claim.only_users({d.user_id for d in part}),
+                    isolate,
                 )
                 for part in parts
             ),
@@ -203,7 +263,7 @@ class Writer:
             else:
                 total.merge(outcome)
         if failure is not None:
-            raise TransientWriteError(str(failure), remaining, total)
+            raise TransientWriteError(str(failure), remaining, total, kind=failure.kind)
         return total
 
     async def _write_one(
@@ -212,15 +272,48 @@ class Writer:
         extra: Extra | None,
         source: str,
         claim: EventClaim | None = None,
+        isolate: bool = False,
     ) -> WriteResult:
-        try:
-            return await self._transaction(deltas, extra, claim, isolate=False, source=source)
-        except _Poison as poison:
-            log.warning(
-                "batch refused by the database, isolating bad rows",
-                extra={"error": str(poison.cause)[:500], "rows": len(deltas)},
-            )
-        return await self._transaction(deltas, extra, claim, isolate=True, source=source)
+        """One transaction; redone without the users whose rows turned out to be held."""
+        held: set[str] = set()
+        carried: list[Delta] = []
+        while True:
+            try:
+                result = await self._attempt(deltas, extra, source, claim, isolate)
+            except _Held as exc:
+                # Leave those users out entirely (their events whole, their order kept).
+                held |= exc.users
+                carried.extend(d for d in deltas if d.user_id in exc.users)
+                deltas = [d for d in deltas if d.user_id not in exc.users]
+                if claim is not None:
+                    claim = claim.without_users(exc.users)
+                continue
+            result.carried[:0] = carried
+            result.rows += len(carried)
+            return result
+
+    async def _attempt(
+        self,
+        deltas: Sequence[Delta],
+        extra: Extra | None,
+        source: str,
+        claim: EventClaim | None,
+        isolate: bool,
+    ) -> WriteResult:
+        if not isolate:
+            try:
+                return await self._transaction(deltas, extra, claim, source=source)
+            except _Poison as poison:
+                log.warning(
+                    "batch refused by the database, isolating bad rows",
+                    extra={"error": str(poison.cause)[:500], "rows": len(deltas)},
+                )
+            return await self._transaction(deltas, extra, claim, isolate=True, source=source)
+        # The batch kept failing (deadlocks, timeouts, a bug): every row that still fails
+        # alone is dead-lettered, whatever the error, so the flush finishes.
+        return await self._transaction(
+            deltas, extra, claim, isolate=True, forced=True, source=source
+        )
 
     async def _transaction(
         self,
@@ -228,8 +321,9 @@ class Writer:
         extra: Extra | None,
         claim: EventClaim | None,
         *,
-        isolate: bool,
         source: str,
+        isolate: bool = False,
+        forced: bool = False,
     ) -> WriteResult:
         result = WriteResult()
         try:
@@ -244,50 +338,94 @@ class Writer:
                     for start in range(0, len(round_deltas), self.batch_size):
                         chunk = round_deltas[start : start + self.batch_size]
                         if isolate:
-                            await self._isolating(conn, chunk, result)
+                            await self._isolating(conn, chunk, result, forced)
                         else:
                             await self._chunk(conn, chunk, result)
+                if result.carried:
+                    await self._hold(conn, deltas, claim, extra, result)
                 if result.poisoned:
-                    await conn.execute(
-                        insert(challenge_dead_letters),
-                        [
-                            {
-                                "source": source,
-                                "user_id": d.user_id,
-                                "goal_id": d.goal.goal_id,
-                                "reason": reason[:2000],
-                                "payload": repr(d),
-                            }
-                            for d, reason in result.poisoned
-                        ],
-                    )
+                    await self._dead_letters(conn, source, result)
                 if extra is not None:
                     await extra(conn)
-        except _Poison:
+                result.round_trips += (
+                    2 + result.statements + (claim is not None) + bool(result.poisoned)
+                )
+        except (_Poison, _Held, TransientWriteError):
             raise
         except Exception as exc:
-            if is_transient(exc):
-                raise TransientWriteError(str(exc)) from exc
+            kind = classify(exc)
+            if kind in (OUTAGE, RETRY):
+                raise TransientWriteError(str(exc), kind=kind) from exc
             if isolate:
                 raise  # not a row's fault and not transient: a bug; surface it
             raise _Poison(exc) from exc
         return result
 
+    async def _hold(
+        self,
+        conn: AsyncConnection,
+        deltas: Sequence[Delta],
+        claim: EventClaim | None,
+        extra: Extra | None,
+        result: WriteResult,
+    ) -> None:
+        """Some rows are held by another transaction. When nothing else of those users
+        was written, commit the rest as is (their event ids un-recorded); otherwise roll
+        back and redo without them. With `extra` (Kafka) wait instead."""
+        users = {d.user_id for d in result.carried}
+        if extra is not None:
+            raise RowsLocked(f"{len(result.carried)} rows held by another transaction")
+        theirs = sum(1 for d in deltas if d.user_id in users)
+        if theirs != len(result.carried):
+            raise _Held(users)
+        if claim is not None:
+            await claim.forget(conn, users)
+
     async def _isolating(
-        self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult
+        self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult, forced: bool
     ) -> None:
         try:
             async with conn.begin_nested():
                 await self._chunk(conn, chunk, result)
         except Exception as exc:
-            if is_transient(exc):
+            kind = exc.kind if isinstance(exc, TransientWriteError) else classify(exc)
+            if kind == OUTAGE or (kind == RETRY and not forced):
                 raise
             if len(chunk) == 1:
                 result.poisoned.append((chunk[0], str(getattr(exc, "orig", exc))))
                 return
             middle = len(chunk) // 2
-            await self._isolating(conn, chunk[:middle], result)
-            await self._isolating(conn, chunk[middle:], result)
+            await self._isolating(conn, chunk[:middle], result, forced)
+            await self._isolating(conn, chunk[middle:], result, forced)
+
+    async def _dead_letters(self, conn: AsyncConnection, source: str, result: WriteResult) -> None:
+        """Store the poison rows; one the database refuses as-is is stored escaped, and
+        one that cannot be stored even then is logged in full, so the flush finishes."""
+        rows = [_letter(source, d, reason) for d, reason in result.poisoned]
+        try:
+            async with conn.begin_nested():
+                await conn.execute(insert(challenge_dead_letters), rows)
+            return
+        except Exception as exc:
+            if classify(exc) == OUTAGE:
+                raise
+        for row in rows:
+            escaped = {k: storable(str(v)) for k, v in row.items()}
+            escaped["user_id"] = escaped["user_id"][:200]
+            escaped["goal_id"] = escaped["goal_id"][:200]
+            escaped["source"] = escaped["source"][:50]
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(insert(challenge_dead_letters), [escaped])
+                result.dead_letters_escaped += 1
+            except Exception as exc:
+                if classify(exc) == OUTAGE:
+                    raise
+                result.dead_letters_lost += 1
+                log.error(
+                    "dead letter could not be stored",
+                    extra={"letter": ascii(row)[:2000], "error": str(exc)[:300]},
+                )
 
     async def _chunk(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult) -> None:
         rows = [_source_row(d) for d in chunk]
@@ -307,7 +445,7 @@ class Writer:
         by_key = {d.key: d for d in chunk}
         for _attempt in range(5):
             params = {name: [row[i] for row in rows] for i, (name, _) in enumerate(SOURCE_COLUMNS)}
-            reported = (await conn.execute(text(statement), params)).all()
+            reported = (await conn.execute(_clause(statement), params)).all()
             result.statements += 1
             raced: list[Delta] = []
             for tag, user_id, goal_id in reported:
@@ -317,6 +455,8 @@ class Writer:
                     result.inserted += 1
                 elif tag == "m":
                     result.missing += 1
+                elif tag == "c":
+                    result.carried.append(by_key[(user_id, goal_id)])
                 else:
                     raced.append(by_key[(user_id, goal_id)])
             if not raced:
@@ -334,10 +474,10 @@ class Writer:
         params = {"rows": orjson.dumps(encoded).decode()}
         statements = self.statements
         assert statements.update is not None and statements.marks is not None
-        result.updated += len((await conn.execute(text(statements.update), params)).all())
+        result.updated += len((await conn.execute(_clause(statements.update), params)).all())
         result.statements += 1
         if statements.insert is not None:
-            result.inserted += len((await conn.execute(text(statements.insert), params)).all())
+            result.inserted += len((await conn.execute(_clause(statements.insert), params)).all())
             result.statements += 1
         else:  # required mode: count the keys that have no row
             keys = [(r[0], r[1]) for r in rows]
@@ -350,5 +490,5 @@ class Writer:
                 {"keys": orjson.dumps(keys).decode()},
             )
             result.missing += len(keys) - int(existing.scalar_one())
-        await conn.execute(text(statements.marks), params)
+        await conn.execute(_clause(statements.marks), params)
         result.statements += 1

@@ -1,7 +1,8 @@
 """gRPC health (grpc.health.v1) driven by a database probe.
 
 SERVING only while `SELECT 1` answers within a short timeout (the config is loaded before
-the server starts, and a reload never unloads it); NOT_SERVING otherwise, and for good
+the server starts, and a reload never unloads it) and writes are not stuck (flushes
+failing in a row, or one running far too long); NOT_SERVING otherwise, and for good
 once draining starts. The probe uses its own
 one-connection engine so a busy flush pool never makes a healthy database look down.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from grpc_health.v1 import health, health_pb2
 from sqlalchemy import text
@@ -30,11 +32,13 @@ class HealthMonitor:
         *,
         interval: float = 1.0,
         probe_timeout: float | None = None,
+        writes_stuck: Callable[[], bool] | None = None,
     ):
         self.engine = engine
         self.services = ("", *services)
         self.interval = interval
         self.probe_timeout = probe_timeout or max(0.5, min(2.0, interval))
+        self.writes_stuck = writes_stuck
         self.servicer = health.aio.HealthServicer()
         self.serving: bool | None = None
         self._task: asyncio.Task[None] | None = None
@@ -64,6 +68,9 @@ class HealthMonitor:
 
     async def check_once(self) -> bool:
         healthy = await self.probe()
+        if healthy and self.writes_stuck is not None and self.writes_stuck():
+            log.debug("database answers but flushes keep failing")
+            healthy = False
         await self.set_all(healthy)
         return healthy
 

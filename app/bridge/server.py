@@ -36,7 +36,7 @@ from app.core.settings import Settings
 from app.observability import metrics
 from app.pipeline import Pipeline, reload_config
 from proto.build import load as load_protos
-from tables.buffer import BufferFull, Closed
+from tables.buffer import ABORTED, COMMITTED, BufferFull, Closed
 from tables.db import make_engine
 from tables.migrate import upgrade_async
 
@@ -62,6 +62,7 @@ class EventHandler:
 
     def __init__(self, pipeline: Pipeline, settings: Settings):
         self.pipeline = pipeline
+        self.flusher = pipeline.flusher
         self.durable = settings.ack_mode == "durable"
         self.buffer_wait = settings.grpc_buffer_wait
         self.ack_timeout = settings.grpc_ack_timeout
@@ -106,21 +107,26 @@ class EventHandler:
             metrics.FAILED.labels(exc.reason).inc()
             log.debug("event refused", extra={"reason": exc.reason, "error": exc.message})
             return grpc.StatusCode.INVALID_ARGUMENT, exc.message
+        durable = self.durable
         try:
-            done = await self.pipeline.submit(event, timeout=self.buffer_wait)
+            generation = await self.pipeline.buffer(event, timeout=self.buffer_wait, urgent=durable)
         except BufferFull:
             metrics.FAILED.labels("buffer_full").inc()
             return grpc.StatusCode.UNAVAILABLE, "buffer full: database not keeping up, retry"
         except Closed:
             return grpc.StatusCode.UNAVAILABLE, "server is shutting down, retry"
-        if done is None or not self.durable or done.done():
+        if generation is None or not durable:
             return grpc.StatusCode.OK, ""
-        # asyncio.wait never cancels the shared flush future (other calls wait on it too)
-        finished, _ = await asyncio.wait((done,), timeout=self.ack_timeout)
-        if not finished:
-            metrics.FAILED.labels("ack_timeout").inc()
-            return grpc.StatusCode.UNAVAILABLE, "not committed in time (database slow), retry"
-        return grpc.StatusCode.OK, ""
+        # Waits for this user's rows only: a row another transaction holds delays its
+        # own user's calls, never the others of the same flush.
+        state = await self.flusher.committed(generation, event.user_id, self.ack_timeout)
+        if state == COMMITTED:
+            return grpc.StatusCode.OK, ""
+        if state == ABORTED:
+            metrics.FAILED.labels("not_committed").inc()
+            return grpc.StatusCode.UNAVAILABLE, "not committed (server shutting down), retry"
+        metrics.FAILED.labels("ack_timeout").inc()
+        return grpc.StatusCode.UNAVAILABLE, "not committed in time (database slow), retry"
 
 
 def _servicers(handler: EventHandler) -> tuple[Any, Any]:
@@ -189,7 +195,11 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
     pipeline = Pipeline.open(settings, config, record_event_ids=True)
     health_engine = make_engine(settings.database_url, pool_size=1)
     monitor = HealthMonitor(
-        health_engine, (LOGIN_SERVICE, STAT_SERVICE), interval=settings.health_check_interval
+        health_engine,
+        (LOGIN_SERVICE, STAT_SERVICE),
+        interval=settings.health_check_interval,
+        # Writes stuck (flushes failing, or one running past the ack timeout): NOT_SERVING.
+        writes_stuck=lambda: pipeline.flusher.stalled(settings.grpc_ack_timeout),
     )
     handler = EventHandler(pipeline, settings)
     try:
@@ -227,14 +237,19 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
 
     log.info("shutting down: draining in-flight calls")
     started = time.perf_counter()
+    grace = settings.grpc_shutdown_grace
     await monitor.drain()
     pipeline.flusher.request_flush()  # durable calls in flight: commit them now
-    await server.stop(settings.grpc_shutdown_grace)
-    await pipeline.close()  # final flush: buffered acks and anything still pending
+    stopping = asyncio.create_task(server.stop(grace))  # no new calls; in-flight finish
+    # The final flush gets the grace minus a moment for the calls to be answered; if the
+    # database cannot take it by then, uncommitted durable calls get UNAVAILABLE.
+    margin = min(1.0, grace * 0.1)
+    committed = await pipeline.close(timeout=grace - margin - (time.perf_counter() - started))
+    await stopping
     with contextlib.suppress(Exception):
-        await health_engine.dispose()
+        await asyncio.wait_for(health_engine.dispose(), margin)
     log.info(
-        "shutdown complete",
+        "shutdown complete" if committed else "shutdown incomplete: buffered events not committed",
         extra={"duration_ms": round((time.perf_counter() - started) * 1000, 1)},
     )
-    return 0
+    return 0 if committed else 1

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class DedupWindow:
-    """Event ids seen in the last `window` seconds -> the future of their flush.
+class DedupWindow(Generic[T]):
+    """Event ids seen in the last `window` seconds -> what their flush is (to wait on).
 
     Bounded twice: by age and by `max_entries` (oldest forgotten first).
     """
@@ -17,19 +18,19 @@ class DedupWindow:
     def __init__(self, window: float, max_entries: int = 1_000_000):
         self.window = window
         self.max_entries = max_entries
-        self._seen: OrderedDict[str, tuple[float, asyncio.Future[Any]]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[float, T]] = OrderedDict()
 
-    def get(self, event_id: str) -> asyncio.Future[Any] | None:
+    def get(self, event_id: str) -> T | None:
         entry = self._seen.get(event_id)
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
-    def remember(self, event_id: str, future: asyncio.Future[Any]) -> None:
+    def remember(self, event_id: str, future: T) -> None:
         now = time.monotonic()
         seen = self._seen
+        seen.pop(event_id, None)  # an expired entry: re-added at the end
         seen[event_id] = (now + self.window, future)
-        seen.move_to_end(event_id)
         while seen:
             oldest_expiry = next(iter(seen.values()))[0]
             if oldest_expiry >= now and len(seen) <= self.max_entries:

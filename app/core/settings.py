@@ -112,6 +112,10 @@ class _Env:
     def duration(self, name: str, default: str) -> float:
         return parse_duration(name, self.raw(name, default))
 
+    def duration_or_zero(self, name: str, default: str) -> float:
+        raw = self.raw(name, default)
+        return 0.0 if raw.strip() in ("0", "0s", "0ms") else parse_duration(name, raw)
+
     def count(self, name: str, default: str) -> int:
         return positive_int(name, self.raw(name, default))
 
@@ -133,6 +137,7 @@ class Settings:
     metrics_port: int = 8080
     kafka_bootstrap_servers: str = "localhost:9092"
     flush_interval: float = 1.0
+    commit_delay: float = 0.0  # durable group commit: wait this long for more callers
     buffer_max_size: int = 10_000
     db_batch_size: int = 1000
     db_pool_size: int = 10
@@ -174,6 +179,7 @@ class Settings:
             metrics_port=e.port("METRICS_PORT", "8080"),
             kafka_bootstrap_servers=e.raw("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
             flush_interval=e.duration("BUFFER_FLUSH_INTERVAL", "1s"),
+            commit_delay=e.duration_or_zero("BUFFER_COMMIT_DELAY", "0"),
             buffer_max_size=e.count("BUFFER_MAX_SIZE", "10000"),
             db_batch_size=e.count("DB_BATCH_SIZE", "1000"),
             db_pool_size=e.count("DB_POOL_SIZE", "10"),

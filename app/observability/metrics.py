@@ -40,6 +40,15 @@ DB_BATCH_SIZE = Histogram(
     "Rows per flush",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000),
 )
+ROWS_CARRIED = Counter(
+    f"{PREFIX}_rows_carried_total",
+    "Buffered updates carried to the next flush because another transaction held their "
+    "user's row (counted again each flush they stay held)",
+)
+DB_ROUND_TRIPS = Counter(
+    f"{PREFIX}_db_statements_total",
+    "SQL statements the flushes sent (BEGIN and COMMIT included), committed flushes only",
+)
 FLUSH_RETRIES = Counter(
     f"{PREFIX}_flush_retries_total", "Flush attempts that failed and were retried"
 )

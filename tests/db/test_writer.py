@@ -171,11 +171,11 @@ class _OneShardFailsOnce(Writer):
         self.victim = victim
         self.failed = False
 
-    async def _write_one(self, deltas, extra, source, claim=None):
+    async def _write_one(self, deltas, extra, source, claim=None, isolate=False):
         if not self.failed and any(d.user_id == self.victim for d in deltas):
             self.failed = True
             raise TransientWriteError("injected: connection lost")
-        return await super()._write_one(deltas, extra, source, claim)
+        return await super()._write_one(deltas, extra, source, claim, isolate)
 
 
 async def test_parallel_shards_retry_only_the_failed_one(pg_engine):

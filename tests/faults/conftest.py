@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from tests.helpers.faults import Outage
+from tests.helpers.faults import Outage, RowLock
 
 
 @pytest.fixture
@@ -17,3 +17,19 @@ def outage() -> Iterator[Outage]:
         yield faults
     finally:
         faults.restore()
+
+
+@pytest.fixture
+async def row_lock(pg_url: str) -> AsyncIterator[Callable[..., RowLock]]:
+    """`async with row_lock(users) as lock:` -- a second real session holding their rows
+    FOR UPDATE (released at the end of the block, or of the test at the latest)."""
+    locks: list[RowLock] = []
+
+    def make(users: list[str], goal_id: str | None = None) -> RowLock:
+        lock = RowLock(pg_url, users, goal_id)
+        locks.append(lock)
+        return lock
+
+    yield make
+    for lock in locks:
+        await lock.release()

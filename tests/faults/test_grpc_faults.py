@@ -181,27 +181,35 @@ async def test_database_outage_under_load(pg_url: str, tmp_path: Path, started, 
     assert server.terminate() == 0
 
 
-async def test_sigterm_with_calls_in_flight_loses_nothing(pg_url: str, tmp_path: Path, started):
-    """500 durable calls parked on a long flush interval; SIGTERM drains them: each is
-    committed and answered OK, and the process exits 0."""
-    env = server_env(
-        pg_url, write_config(tmp_path), BUFFER_FLUSH_INTERVAL="60s", GRPC_ACK_TIMEOUT="120s"
-    )
+async def test_sigterm_with_calls_in_flight_loses_nothing(
+    pg_url: str, tmp_path: Path, started, row_lock
+):
+    """500 durable calls parked on rows another session holds (group commit would
+    otherwise answer them at once); SIGTERM, then the lock goes: each call is committed
+    and answered OK, and the process exits 0."""
+    env = server_env(pg_url, write_config(tmp_path), GRPC_ACK_TIMEOUT="120s")
     server = started(env)
     await server.wait_health(SERVING)
     people = users(100)
     messages, kinds = mixed_events(people, 5)  # 500 events
     async with Bridge(server.target) as bridge:
-        calls = asyncio.ensure_future(bridge.call_all(messages, concurrency=500, timeout=60))
-        in_flight = "challenge_event_handler_grpc_in_flight_requests"
-        try:
-            await _until(lambda: _metric_at_least(server, in_flight, 500), 30, "500 in flight")
-        except BaseException:
-            calls.cancel()
-            with contextlib.suppress(BaseException):
-                await calls
-            raise
-        code = await asyncio.to_thread(server.terminate)
+        seeded = await bridge.call_all(
+            [m for u in people for m in (login(u), stat(u, "enemy_kills", 0, KILL_INC))]
+        )
+        assert codes(seeded) == {"OK": 200}
+        async with row_lock(people):
+            calls = asyncio.ensure_future(bridge.call_all(messages, concurrency=500, timeout=60))
+            in_flight = "challenge_event_handler_grpc_in_flight_requests"
+            try:
+                await _until(lambda: _metric_at_least(server, in_flight, 500), 30, "500 in flight")
+            except BaseException:
+                calls.cancel()
+                with contextlib.suppress(BaseException):
+                    await calls
+                raise
+            terminating = asyncio.ensure_future(asyncio.to_thread(server.terminate))
+            await _until(lambda: "shutting down" in server.log_text(), 10, "SIGTERM handled")
+        code = await terminating
         results = await calls
     assert code == 0, server.log_tail()
     assert codes(results) == {"OK": 500}
@@ -209,8 +217,8 @@ async def test_sigterm_with_calls_in_flight_loses_nothing(pg_url: str, tmp_path:
     logins = await progress(pg_url, people, "logins")
     kills = await progress(pg_url, people, "kills")
     for user in people:
-        assert logins.get(user, 0) == ok.count((user, "login"))
-        assert kills.get(user, 0) == KILL_INC * ok.count((user, "kill"))
+        assert logins.get(user, 0) == 1 + ok.count((user, "login"))
+        assert kills.get(user, 0) == KILL_INC * (1 + ok.count((user, "kill")))
 
 
 async def _metric_at_least(server: Server, name: str, value: float) -> bool:

@@ -1,0 +1,352 @@
+"""Issue 8 at the flusher/writer level, on real PostgreSQL with a real second session:
+group commit, rows held by another transaction (skip + carry), poison rows whose dead
+letter cannot be stored as-is, and flushes that always finish."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy import func, select, text
+
+from app.core.events import Event
+from app.core.progress import Delta
+from app.core.settings import async_database_url
+from app.pipeline import source_of
+from tables.buffer import ABORTED, COMMITTED, TIMED_OUT, Flusher
+from tables.db import make_engine
+from tables.schema import challenge_dead_letters, challenge_processed_events
+from tables.writer import RowsLocked, TransientWriteError, Writer
+from tests.helpers.faults import RowLock
+from tests.helpers.support import config, goal, login, put_row, row, rows, stat
+
+WHEN = "2026-11-20 10:00"
+CFG = config(
+    goal("logins", "login", target=1000, type="increment"),
+    goal("kills", "statistic:enemy_kills", target=1000, type="increment"),
+    goal("level", "statistic:level", target=50),
+)
+
+
+def goals_of(event: Event):
+    return CFG.goals_for(source_of(event), event.stat_code)
+
+
+def durable_flusher(engine, **kwargs) -> Flusher:
+    """The gRPC configuration: event ids recorded, a long interval (only urgency flushes)."""
+    kwargs.setdefault("interval", 3600)
+    return Flusher(Writer(engine, batch_size=100), event_id_window=600, **kwargs)
+
+
+async def seed(engine, users, goal_ids=("logins", "kills", "level")) -> None:
+    for user in users:
+        for goal_id in goal_ids:
+            await put_row(engine, user, goal_id, status="not_started")
+
+
+async def processed_ids(engine) -> set[str]:
+    async with engine.connect() as conn:
+        return set((await conn.execute(select(challenge_processed_events.c.event_id))).scalars())
+
+
+async def test_durable_caller_starts_a_flush_at_once_and_later_callers_form_the_next_group(
+    pg_engine,
+):
+    """Interval 1 h: a waiting caller is still committed within a flush's duration, and
+    300 concurrent callers share a handful of flushes instead of 300."""
+    flushes: list[int] = []
+    flusher = durable_flusher(pg_engine, on_flush=lambda g, _r, _t: flushes.append(g.events))
+    flusher.start()
+    try:
+        event = login("gc-first", WHEN)
+        started = time.perf_counter()
+        generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+        assert await flusher.committed(generation, event.user_id, 10) == COMMITTED
+        first = time.perf_counter() - started
+        assert first < 1.0, first  # nowhere near the 1 h interval
+
+        async def caller(i: int) -> float:
+            event = stat(f"gc-{i % 50}", "enemy_kills", 0, WHEN, inc=1)
+            began = time.perf_counter()
+            generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+            assert await flusher.committed(generation, event.user_id, 10) == COMMITTED
+            return time.perf_counter() - began
+
+        latencies = await asyncio.gather(*(caller(i) for i in range(300)))
+    finally:
+        await flusher.close()
+    assert sum(flushes) == 301
+    assert len(flushes) <= 20, flushes  # grouped: each flush took what arrived meanwhile
+    assert max(latencies) < 5.0
+    found = await rows(pg_engine)
+    assert sum(r.progress for (u, g), r in found.items() if g == "kills") == 300
+
+
+async def test_buffered_events_wait_for_the_interval(pg_engine):
+    """Not urgent (buffered acks, Kafka): the interval still decides when to write."""
+    flusher = durable_flusher(pg_engine, interval=0.3)
+    flusher.start()
+    await asyncio.sleep(0.05)  # the flusher is idle, waiting for work
+    try:
+        event = login("lazy", WHEN)
+        started = time.perf_counter()
+        generation, _ = await flusher.add(event, goals_of(event))
+        await asyncio.wait_for(asyncio.shield(generation.done), 5)
+        assert 0.25 <= time.perf_counter() - started < 2
+    finally:
+        await flusher.close()
+
+
+async def test_a_held_user_is_carried_while_everyone_else_commits(pg_engine, pg_url):
+    """Another session holds all of one user's rows: the others' callers are answered at
+    once, the held user's callers wait; its event ids are not recorded while held; after
+    the release its rows are exact, in event order."""
+    people = [f"held-{i}" for i in range(5)]
+    await seed(pg_engine, people)
+    carried: list[int] = []
+    flusher = durable_flusher(
+        pg_engine, on_flush=lambda _g, r, _t: carried.append(len(r.carried)), carry_retry=0.02
+    )
+    flusher.start()
+    held_user, others = people[0], people[1:]
+    try:
+        async with RowLock(pg_url, [held_user]) as lock:
+            assert lock.locked == 3
+            waits = []
+            for n, user in enumerate(people * 3):
+                for event in (
+                    login(user, WHEN, event_id=f"{user}-l{n}"),
+                    stat(user, "enemy_kills", 0, WHEN, inc=2, event_id=f"{user}-k{n}"),
+                    stat(user, "level", 10 + n, WHEN, event_id=f"{user}-v{n}"),
+                ):
+                    generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+                    waits.append((user, generation))
+            started = time.perf_counter()
+            outcomes = await asyncio.gather(
+                *(flusher.committed(g, u, 10) for u, g in waits if u in others)
+            )
+            assert set(outcomes) == {COMMITTED}
+            assert time.perf_counter() - started < 2.0
+            # the held user's callers are still waiting, nothing of theirs is written
+            held_waits = [flusher.committed(g, u, 0.5) for u, g in waits if u == held_user]
+            assert set(await asyncio.gather(*held_waits)) == {TIMED_OUT}
+            assert (await row(pg_engine, held_user, "logins")).progress == 0
+            assert not {i for i in await processed_ids(pg_engine) if i.startswith(held_user)}
+            assert flusher.carried > 0 and max(carried) > 0
+            pending = asyncio.gather(
+                *(flusher.committed(g, u, 10) for u, g in waits if u == held_user)
+            )
+        assert set(await pending) == {COMMITTED}
+    finally:
+        await flusher.close()
+    for i, user in enumerate(people):
+        assert (await row(pg_engine, user, "logins")).progress == 3
+        assert (await row(pg_engine, user, "kills")).progress == 6
+        assert (await row(pg_engine, user, "level")).progress == 20 + i  # the last value
+    assert {i for i in await processed_ids(pg_engine) if i.startswith(held_user)} == {
+        f"{held_user}-{k}{n}" for n in (0, 5, 10) for k in "lkv"
+    }
+    assert flusher.carried == 0
+
+
+async def test_one_held_row_holds_its_user_whole(pg_engine, pg_url):
+    """Only the 'kills' row is held: the user's login (another row) is not written either
+    until the release -- an event is applied whole, and a user's rows in order."""
+    await seed(pg_engine, ["half", "free"])
+    flusher = durable_flusher(pg_engine, carry_retry=0.02)
+    flusher.start()
+    try:
+        async with RowLock(pg_url, ["half"], goal_id="kills") as lock:
+            assert lock.locked == 1
+            pairs = []
+            for user in ("half", "free"):
+                for event in (login(user, WHEN), stat(user, "enemy_kills", 0, WHEN, inc=5)):
+                    generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+                    pairs.append((user, generation))
+            free = [flusher.committed(g, u, 10) for u, g in pairs if u == "free"]
+            assert set(await asyncio.gather(*free)) == {COMMITTED}
+            assert (await row(pg_engine, "half", "logins")).progress == 0
+            half = asyncio.gather(*(flusher.committed(g, u, 10) for u, g in pairs if u == "half"))
+        assert set(await half) == {COMMITTED}
+    finally:
+        await flusher.close()
+    assert (await row(pg_engine, "half", "logins")).progress == 1
+    assert (await row(pg_engine, "half", "kills")).progress == 5
+    assert (await row(pg_engine, "free", "kills")).progress == 5
+
+
+async def test_writes_with_kafka_positions_wait_for_held_rows(pg_engine, pg_url):
+    """With `extra` (Kafka positions) nothing is committed while a row is held: positions
+    never cover an uncommitted event. The flush completes after the release."""
+    await seed(pg_engine, ["k-held", "k-free"])
+    stored: list[int] = []
+
+    async def positions(conn) -> None:
+        stored.append(1)
+
+    writer = Writer(pg_engine)
+    event = login("k-held", WHEN)
+    deltas = [_delta_for(event), _delta_for(login("k-free", WHEN))]
+    async with RowLock(pg_url, ["k-held"]):
+        with pytest.raises(RowsLocked):
+            await writer.write(deltas, positions)
+        assert stored == []
+        assert (await row(pg_engine, "k-free", "logins")).progress == 0  # rolled back
+        flusher = Flusher(writer, interval=0.05, extra_for=lambda _g: positions)
+        flusher.start()
+        generation, _ = await flusher.add(event, goals_of(event))
+        await asyncio.sleep(0.5)  # several attempts meet the lock
+        assert not generation.done.done() and stored == []
+    await asyncio.wait_for(asyncio.shield(generation.done), 10)
+    await flusher.close()
+    assert stored == [1]
+    assert (await row(pg_engine, "k-held", "logins")).progress == 1
+
+
+def _delta_for(event: Event) -> Delta:
+    (goal_,) = [g for g in goals_of(event) if g.goal_id == "logins"]
+    delta = Delta(goal_, event.user_id, event.namespace, None, event.event_time)
+    delta.add(event)
+    return delta
+
+
+async def test_nul_user_id_is_isolated_and_dead_lettered_escaped(pg_engine):
+    """A user id PostgreSQL text cannot hold reaches the database: the good rows of the
+    same flush commit, and the bad row's dead letter is stored escaped."""
+    flusher = durable_flusher(pg_engine)
+    flusher.start()
+    bad_user = "evil\x00user"
+    try:
+        pairs = []
+        for user in [f"good-{i}" for i in range(40)] + [bad_user] + ["good-x"]:
+            event = login(user, WHEN)
+            generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+            pairs.append((user, generation))
+        outcomes = await asyncio.gather(*(flusher.committed(g, u, 10) for u, g in pairs))
+    finally:
+        await flusher.close()
+    assert set(outcomes) == {COMMITTED}  # the flush finished
+    found = await rows(pg_engine)
+    assert len(found) == 41 and all(r.progress == 1 for r in found.values())
+    async with pg_engine.connect() as conn:
+        letters = (await conn.execute(select(challenge_dead_letters))).all()
+    assert [(r.user_id, r.goal_id) for r in letters] == [("evil\\x00user", "logins")]
+    assert "\\x00" in letters[0].payload
+
+
+async def test_poison_row_with_unstorable_dead_letter_at_the_writer(pg_engine):
+    """Writer level: a NUL user id and an invalid (surrogate) one among good rows."""
+    good = [_delta_for(login(f"w-{i}", WHEN)) for i in range(10)]
+    bad = [_delta_for(login("nul\x00id", WHEN)), _delta_for(login("sur\udcffid", WHEN))]
+    result = await Writer(pg_engine, batch_size=4).write([*good[:5], *bad, *good[5:]])
+    assert result.inserted == 10
+    assert sorted(d.user_id for d, _ in result.poisoned) == sorted(d.user_id for d in bad)
+    assert result.dead_letters_escaped == 2 and result.dead_letters_lost == 0
+    async with pg_engine.connect() as conn:
+        users = set((await conn.execute(select(challenge_dead_letters.c.user_id))).scalars())
+    assert users == {"nul\\x00id", "sur\\udcffid"}
+
+
+class _Broken(Writer):
+    """Every write fails with an error that is neither an outage nor a row's fault."""
+
+    def __init__(self, *args, error: Exception, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.error = error
+        self.calls: list[bool] = []
+
+    async def write(self, deltas, extra=None, **kwargs):
+        self.calls.append(kwargs.get("isolate", False))
+        raise self.error
+
+
+async def test_a_flush_that_keeps_failing_is_isolated_then_given_up_not_retried_forever(
+    pg_engine,
+):
+    writer = _Broken(pg_engine, error=RuntimeError("a bug"))
+    flusher = Flusher(writer, interval=3600, max_backoff=0.01)
+    flusher.start()
+    event = login("doomed", WHEN)
+    generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+    assert await flusher.committed(generation, event.user_id, 30) == ABORTED
+    result = generation.done.result()
+    assert result.abandoned == 1
+    assert writer.calls[0] is False and writer.calls[-1] is True and len(writer.calls) <= 5
+    await flusher.close()
+
+
+async def test_deadlock_like_errors_are_retried_a_few_times_then_isolated(pg_engine):
+    class _Deadlocks(Writer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.attempts: list[bool] = []
+
+        async def write(self, deltas, extra=None, **kwargs):
+            self.attempts.append(kwargs.get("isolate", False))
+            if not kwargs.get("isolate"):
+                raise TransientWriteError("deadlock detected", kind="retry")
+            return await super().write(deltas, extra, **kwargs)
+
+    writer = _Deadlocks(pg_engine)
+    flusher = Flusher(writer, interval=3600, max_backoff=0.01)
+    event = login("stubborn", WHEN)
+    flusher.try_add(event, goals_of(event))
+    await flusher.flush_now()
+    assert writer.attempts == [False, False, False, True]
+    assert (await row(pg_engine, "stubborn", "logins")).progress == 1
+
+
+async def test_health_stall_flag_follows_failing_flushes(pg_url):
+    """`stalled` (what health reads) is set while flushes keep failing, cleared after."""
+    engine = make_engine(async_database_url("DATABASE_URL", pg_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE user_goal_progress RENAME TO ugp_away"))
+        flusher = Flusher(Writer(engine), interval=3600, max_backoff=0.05)
+        flusher.start()
+        event = login("stalled-user", WHEN)
+        try:
+            generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+            for _ in range(500):  # up to 10 s
+                if flusher.stalled(60):
+                    break
+                await asyncio.sleep(0.02)
+            assert flusher.stalled(60)
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(text("ALTER TABLE ugp_away RENAME TO user_goal_progress"))
+        assert await flusher.committed(generation, event.user_id, 15) == COMMITTED
+        assert not flusher.stalled(60)
+        await flusher.close()
+        async with engine.connect() as conn:
+            progress = await conn.scalar(
+                text("SELECT progress FROM user_goal_progress WHERE user_id = 'stalled-user'")
+            )
+        assert progress == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_claimed_event_ids_of_a_held_user_are_recorded_only_with_its_rows(pg_engine, pg_url):
+    """A redelivery of a held user's event after its rows are written is a duplicate;
+    before that, its id is not in the table (a restart would apply it, not drop it)."""
+    await seed(pg_engine, ["redo"])
+    flusher = durable_flusher(pg_engine, carry_retry=0.02)
+    flusher.start()
+    try:
+        async with RowLock(pg_url, ["redo"]):
+            event = login("redo", WHEN, event_id="redo-1")
+            generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+            assert await flusher.committed(generation, "redo", 0.3) == TIMED_OUT
+            assert "redo-1" not in await processed_ids(pg_engine)
+        assert await flusher.committed(generation, "redo", 10) == COMMITTED
+        assert "redo-1" in await processed_ids(pg_engine)
+        again = login("redo", WHEN, event_id="redo-1")
+        generation, _ = await flusher.add(again, goals_of(again), urgent=True)
+        assert await flusher.committed(generation, "redo", 10) == COMMITTED
+    finally:
+        await flusher.close()
+    assert (await row(pg_engine, "redo", "logins")).progress == 1
+    async with pg_engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(challenge_dead_letters)) == 0
