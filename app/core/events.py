@@ -8,6 +8,7 @@ message the gRPC layer returns and a short `reason` for metrics and dead-letter 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -79,12 +80,22 @@ def representable(moment: datetime | None) -> datetime | None:
     return moment
 
 
+# RFC 3339 (SPEC §1.3); a missing offset is taken as UTC. datetime.fromisoformat alone
+# would also take "11111111" or week dates.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?([Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
 def parse_timestamp(raw: Any) -> datetime | None:
     """RFC 3339 text -> naive UTC; None when absent, unreadable or out of range."""
     if not raw or not isinstance(raw, str):
         return None
+    text = raw.strip()
+    if not _RFC3339.fullmatch(text):
+        return None
     try:
-        return representable(utc_naive(datetime.fromisoformat(raw.strip())))
+        return representable(utc_naive(datetime.fromisoformat(text)))
     except (ValueError, OverflowError):  # OverflowError: the UTC shift leaves year 1..9999
         return None
 
@@ -155,6 +166,8 @@ def build_event(
         if not stat_code:
             raise InvalidEvent("empty_stat_code", "statCode cannot be empty")
         storable(stat_code, "statCode")
+        finite(value, "latestValue")
+        finite(inc, "inc")
     storable(event_id, "id")
     storable(namespace, "namespace")
     event_time = parse_timestamp(timestamp) or representable(fallback_time) or now_utc()
