@@ -151,7 +151,7 @@ def build_server(
         # No maximum_concurrent_rpcs: grpc.aio queues calls over it (it never refuses);
         # the handler's Shedder refuses past max_rpcs instead (app/bridge/shedding.py).
         # A second instance on the port fails loudly, unless GRPC_WORKERS processes share it.
-        options=[("grpc.so_reuseport", 1 if reuse_port else 0), *server_options()],
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0), *server_options(max_rpcs)],
     )
     handler.shedder.limit = max_rpcs
     _add_event_services(server, handler)
