@@ -15,7 +15,7 @@ import faust
 
 from app.core.clock import from_epoch_ms
 from app.core.events import EventType, InvalidEvent, decode_json_event
-from app.kafka.codec import Forwarded, encode
+from app.kafka.codec import Forwarded, dead_letter_value, encode
 from app.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,17 @@ def make_ingest_agent(
     ) -> None:
         metrics.FAILED.labels(exc.reason).inc()
         metrics.DEAD_LETTERED.labels("kafka", exc.reason).inc()
+        value, extra = dead_letter_value(raw)
         await dlq.send(
             key=message.key,
-            value=raw if raw is not None else b"",
+            value=value,
             headers=[
                 ("reason", exc.reason.encode()),
                 ("error", exc.message.encode()[:500]),
                 ("source_topic", topic_name.encode()),
                 ("source_partition", str(message.partition).encode()),
                 ("source_offset", str(message.offset).encode()),
+                *extra,
             ],
         )
         if log.isEnabledFor(logging.DEBUG):
@@ -74,6 +76,10 @@ def make_ingest_agent(
                 event = decode_json_event(raw, event_type, fallback)
             except InvalidEvent as exc:
                 await dead_letter(message, raw, exc)
+                continue
+            except Exception as exc:  # last resort: one record never crashes the agent
+                log.exception("record could not be processed", extra={"offset": message.offset})
+                await dead_letter(message, raw, InvalidEvent("internal", f"internal: {exc!r}"))
                 continue
             forwarded = Forwarded(event, topic_name, message.partition, message.offset, ts_ms)
             await by_user.send(key=event.user_id.encode(), value=encode(forwarded))

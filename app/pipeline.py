@@ -253,8 +253,11 @@ def reload_config(path: Path, apply: Callable[[ChallengeConfig], None]) -> bool:
     """SIGHUP: validate the file first; keep the running config when it is unusable."""
     try:
         config = load_config(path)
-    except (ConfigError, OSError) as exc:
-        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+    except Exception as exc:  # load_config maps every unusable file to ConfigError; the
+        # catch-all keeps a signal handler from ever raising into the event loop
+        problems = (
+            exc.problems if isinstance(exc, ConfigError) else [f"{type(exc).__name__}: {exc}"]
+        )
         for problem in problems:
             log.error("config reload refused", extra={"problem": problem, "path": str(path)})
         return False

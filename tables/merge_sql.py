@@ -162,7 +162,8 @@ def _merge(d: Dialect, *, fresh: bool) -> tuple[dict[str, str], str]:
     fallback = (
         f"(CASE WHEN s.family = {FAMILY_COUNTER_DAILY} THEN s.first_time ELSE s.last_time END)"
     )
-    first_step = d.first_step_time(f"s.target + {offset} - {base_level}")
+    # BIGINT: target + a baseline near INT_MAX must not overflow the INT arithmetic
+    first_step = d.first_step_time(f"{d.widen('s.target')} + {offset} - {base_level}")
     # A value that reached the target and then dropped within one flush still completed.
     completes = f"({progress} - {offset} >= s.target OR {first_step} IS NOT NULL)"
     completion_time = f"COALESCE({first_step}, {fallback})"

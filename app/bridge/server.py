@@ -27,8 +27,10 @@ from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from app.bridge.decode import decode_login, decode_stat
+from app.bridge import wire
 from app.bridge.health import HealthMonitor
+from app.bridge.refusals import RefusalLog
+from app.bridge.shedding import OVERLOADED, Shedder, server_options
 from app.core.challenges import ChallengeConfig
 from app.core.clock import now_utc
 from app.core.events import Event, InvalidEvent
@@ -68,6 +70,8 @@ class EventHandler:
         self.ack_timeout = settings.grpc_ack_timeout
         self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}
         self._durations = {m: metrics.GRPC_DURATION.labels(m) for m in (LOGIN_METHOD, STAT_METHOD)}
+        self.shedder = Shedder(settings.grpc_max_concurrent_rpcs)
+        self.refusals = RefusalLog(log)
 
     def _count(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Label children cached: this runs on every call."""
@@ -83,6 +87,9 @@ class EventHandler:
         self, method: str, decode: Decoder, request: Any, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         started = time.perf_counter()
+        if not self.shedder.enter():  # overloaded: refuse before any work, counted
+            self._count(method, grpc.StatusCode.RESOURCE_EXHAUSTED, time.perf_counter() - started)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED)
         metrics.GRPC_IN_FLIGHT.inc()
         code, message = grpc.StatusCode.INTERNAL, "internal error"
         try:
@@ -93,6 +100,7 @@ class EventHandler:
         except Exception:  # a bug: answer INTERNAL (the bridge retries), keep serving
             log.exception("OnMessage failed")
         finally:
+            self.shedder.leave()
             metrics.GRPC_IN_FLIGHT.dec()
             self._count(method, code, time.perf_counter() - started)
         if code is not grpc.StatusCode.OK:
@@ -105,7 +113,7 @@ class EventHandler:
             event = decode(request, now_utc())
         except InvalidEvent as exc:
             metrics.FAILED.labels(exc.reason).inc()
-            log.debug("event refused", extra={"reason": exc.reason, "error": exc.message})
+            self.refusals.note(exc.reason, exc.message)  # one aggregated line per interval
             return grpc.StatusCode.INVALID_ARGUMENT, exc.message
         durable = self.durable
         try:
@@ -129,17 +137,16 @@ class EventHandler:
         return grpc.StatusCode.UNAVAILABLE, "not committed in time (database slow), retry"
 
 
-def _servicers(handler: EventHandler) -> tuple[Any, Any]:
-    # The generated base classes are untyped (protos are loaded at run time).
-    class LoginServicer(protos.login_grpc.UserAuthenticationUserLoggedInServiceServicer):  # type: ignore[misc,name-defined]
-        async def OnMessage(self, request: Any, context: Any) -> Any:  # noqa: N802 - generated name
-            return await handler.handle(LOGIN_METHOD, decode_login, request, context)
+def _add_event_services(server: grpc.aio.Server, handler: EventHandler) -> None:
+    """Both OnMessage methods take the raw request bytes; app/bridge/wire.py decodes them."""
 
-    class StatServicer(protos.stat_grpc.StatisticStatItemUpdatedServiceServicer):  # type: ignore[misc,name-defined]
-        async def OnMessage(self, request: Any, context: Any) -> Any:  # noqa: N802 - generated name
-            return await handler.handle(STAT_METHOD, decode_stat, request, context)
+    async def login(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await handler.handle(LOGIN_METHOD, wire.login_event, request, context)
 
-    return LoginServicer(), StatServicer()
+    async def stat(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await handler.handle(STAT_METHOD, wire.stat_event, request, context)
+
+    wire.add_event_services(server, login, stat)
 
 
 def build_server(
@@ -147,13 +154,13 @@ def build_server(
 ) -> grpc.aio.Server:
     """Both event services, health and reflection on one grpc.aio server."""
     server = grpc.aio.server(
-        maximum_concurrent_rpcs=max_rpcs,
+        # No maximum_concurrent_rpcs: grpc.aio queues calls over it (it never refuses);
+        # the handler's Shedder refuses past max_rpcs instead (app/bridge/shedding.py).
         # A second instance on the port fails loudly, unless GRPC_WORKERS processes share it.
-        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0), *server_options(max_rpcs)],
     )
-    login, stat = _servicers(handler)
-    protos.login_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(login, server)
-    protos.stat_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(stat, server)
+    handler.shedder.limit = max_rpcs
+    _add_event_services(server, handler)
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
     reflection.enable_server_reflection(
         (LOGIN_SERVICE, STAT_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
@@ -246,6 +253,7 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
     margin = min(1.0, grace * 0.1)
     committed = await pipeline.close(timeout=grace - margin - (time.perf_counter() - started))
     await stopping
+    handler.refusals.flush()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(health_engine.dispose(), margin)
     log.info(

@@ -10,6 +10,7 @@ wrote it; values are then read into the same dataclasses.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -143,9 +144,31 @@ class _Reader:
 
     def number(self, where: str, value: Any, name: str) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(where, f"{name} must be a number, got {value!r}")
+            self.fail(where, f"{name} must be a number, got {value!r}"[:300])
+            return None
+        if not math.isfinite(value):  # json accepts NaN and Infinity
+            self.fail(where, f"{name} must be a finite number, got {value!r}")
             return None
         return int(value)
+
+
+def _storable(text: str) -> bool:
+    """PostgreSQL text holds neither NUL nor lone surrogates (json.loads lets both in)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def _check_id(r: _Reader, where: str, value: str, label: str) -> None:
+    """Ids are stored in the table: non-empty, within the column, storable text."""
+    if not value:
+        r.fail(where, f"{label} must not be empty")
+    elif len(value) > MAX_ID_LENGTH:
+        r.fail(where, f"{label} longer than {MAX_ID_LENGTH} characters")
+    elif not _storable(value):
+        r.fail(where, f"{label} contains invalid characters (NUL or invalid UTF-8)")
 
 
 def _where(challenge_id: str, goal_id: str | None = None) -> str:
@@ -211,10 +234,7 @@ def _read_goal(
         return None
     goal_id = r.text(raw, "goalid", "id")
     where = _where(challenge_id, goal_id)
-    if not goal_id:
-        r.fail(where, "goal id must not be empty")
-    elif len(goal_id) > MAX_ID_LENGTH:
-        r.fail(where, f"goal id longer than {MAX_ID_LENGTH} characters")
+    _check_id(r, where, goal_id, "goal id")
     requirement = raw.get("requirement") or {}
     if not isinstance(requirement, dict):
         r.fail(where, "requirement must be an object")
@@ -309,6 +329,8 @@ def _read_challenge(r: _Reader, raw: Any, position: int) -> Challenge | None:
         r.fail(f"challenge #{position + 1}", "challenge id must not be empty")
     elif len(challenge_id) > MAX_ID_LENGTH:
         r.fail(where, f"challenge id longer than {MAX_ID_LENGTH} characters")
+    elif not _storable(challenge_id):
+        r.fail(where, "challenge id contains invalid characters (NUL or invalid UTF-8)")
     rotation, rotation_on = _read_rotation(r, where, raw.get("rotation"))
     goals_raw = raw.get("goals") or []
     if not isinstance(goals_raw, list) or not goals_raw:
@@ -410,12 +432,27 @@ def parse_config(data: Any) -> ChallengeConfig:
 
 
 def load_config(path: str | Path) -> ChallengeConfig:
+    """Read and validate; every way a file can be unusable is a ConfigError (a SIGHUP
+    reload keeps the running config on it, a start exits with the lines)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}"]) from None
-    return parse_config(data)
+    except RecursionError:
+        raise ConfigError([f"{path}: invalid JSON: nested too deeply"]) from None
+    try:
+        return parse_config(data)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError([f"{path}: config nested too deeply"]) from None
+    except Exception as exc:  # a shape the readers did not foresee: refuse, never crash
+        raise ConfigError([f"{path}: unusable config: {type(exc).__name__}: {exc}"[:300]]) from None

@@ -23,7 +23,11 @@ def epoch_ms(moment: datetime) -> int:
 
 
 def from_epoch_ms(ms: float | None) -> datetime | None:
-    """Kafka record timestamp (ms) -> naive UTC; None when absent or not positive."""
+    """Kafka record timestamp (ms) -> naive UTC; None when absent, not positive or beyond
+    what datetime holds (any producer may set CreateTime)."""
     if not ms or ms <= 0:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        return None

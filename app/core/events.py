@@ -8,6 +8,7 @@ message the gRPC layer returns and a short `reason` for metrics and dead-letter 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -20,6 +21,12 @@ from app.core.clock import now_utc, utc_naive
 INT_MAX = 2_147_483_647
 INT_MIN = -2_147_483_648
 MAX_USER_ID_LENGTH = 100
+
+# Event times the service can represent: every period computed from one (day, ISO week,
+# month, and their ends) stays inside Python's datetime range. A timestamp outside falls
+# back like a missing one (SPEC §2 "Hostile input").
+EARLIEST_EVENT_TIME = datetime(1, 1, 1)  # a Monday: the week start never underflows
+LATEST_EVENT_TIME = datetime(9999, 12, 1)  # exclusive: December 9999 has no month end
 
 
 class EventType(StrEnum):
@@ -48,6 +55,15 @@ class Event:
     inc: int = 0
 
 
+def clamp_int(number: int) -> int:
+    """Any integer -> the INT column's range (a sum or difference of two clamped values)."""
+    if number > INT_MAX:
+        return INT_MAX
+    if number < INT_MIN:
+        return INT_MIN
+    return number
+
+
 def to_int(number: float) -> int:
     """Stat doubles -> INT column: truncate toward zero, clamp to the 32-bit range."""
     if number >= INT_MAX:
@@ -57,13 +73,30 @@ def to_int(number: float) -> int:
     return int(number)
 
 
+def representable(moment: datetime | None) -> datetime | None:
+    """The moment when the service can compute its periods, else None (fall back)."""
+    if moment is None or not EARLIEST_EVENT_TIME <= moment < LATEST_EVENT_TIME:
+        return None
+    return moment
+
+
+# RFC 3339 (SPEC §1.3); a missing offset is taken as UTC. datetime.fromisoformat alone
+# would also take "11111111" or week dates.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?([Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
 def parse_timestamp(raw: Any) -> datetime | None:
-    """RFC 3339 text -> naive UTC; None when absent or unreadable (caller falls back)."""
+    """RFC 3339 text -> naive UTC; None when absent, unreadable or out of range."""
     if not raw or not isinstance(raw, str):
         return None
+    text = raw.strip()
+    if not _RFC3339.fullmatch(text):
+        return None
     try:
-        return utc_naive(datetime.fromisoformat(raw.strip()))
-    except ValueError:
+        return representable(utc_naive(datetime.fromisoformat(text)))
+    except (ValueError, OverflowError):  # OverflowError: the UTC shift leaves year 1..9999
         return None
 
 
@@ -75,12 +108,29 @@ def finite(number: float, name: str) -> float:
 
 
 def _number(raw: Any, name: str) -> float:
+    """A JSON number (or the proto-JSON numeric string form); other types are refused."""
     if raw is None or raw == "":
         return 0.0
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise InvalidEvent("wrong_type", f"{name} must be a number")
     try:
         return finite(float(raw), name)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidEvent("invalid_value", f"{name} is not a number") from None
+
+
+def storable(text: str, name: str) -> None:
+    """PostgreSQL text holds neither NUL nor unpaired surrogates (not valid UTF-8)."""
+    if text.isascii():
+        if "\x00" in text:
+            raise InvalidEvent("invalid_characters", f"{name} contains invalid characters")
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("invalid_characters", f"{name} contains invalid characters") from None
+    if "\x00" in text:
+        raise InvalidEvent("invalid_characters", f"{name} contains invalid characters")
 
 
 def validate_identity(user_id: str) -> None:
@@ -88,6 +138,7 @@ def validate_identity(user_id: str) -> None:
         raise InvalidEvent("empty_user_id", "userId cannot be empty")
     if len(user_id) > MAX_USER_ID_LENGTH:
         raise InvalidEvent("user_id_too_long", "userId too long")
+    storable(user_id, "userId")
 
 
 def build_event(
@@ -103,14 +154,23 @@ def build_event(
     value: float = 0.0,
     inc: float = 0.0,
 ) -> Event:
-    """Validate in SPEC §2 order (after 'message cannot be nil') and build the Event."""
+    """Validate in SPEC §2 order (after 'message cannot be nil') and build the Event.
+
+    Everything that could refuse the event happens here, before any goal sees it, so an
+    event is applied whole or not at all.
+    """
     validate_identity(user_id)
     if event_type is EventType.STATISTIC:
         if not has_payload:
             raise InvalidEvent("nil_payload", "payload cannot be nil")
         if not stat_code:
             raise InvalidEvent("empty_stat_code", "statCode cannot be empty")
-    event_time = parse_timestamp(timestamp) or fallback_time or now_utc()
+        storable(stat_code, "statCode")
+        finite(value, "latestValue")
+        finite(inc, "inc")
+    storable(event_id, "id")
+    storable(namespace, "namespace")
+    event_time = parse_timestamp(timestamp) or representable(fallback_time) or now_utc()
     return Event(
         event_id=event_id,
         type=event_type,
@@ -128,9 +188,19 @@ def _get(obj: dict[str, Any], camel: str, snake: str) -> Any:
     return obj.get(snake) if value is None else value
 
 
+def _text(raw: Any, name: str) -> str:
+    """A JSON string field: absent/null -> "", any other type is refused, never coerced."""
+    if raw is None:
+        return ""
+    if not isinstance(raw, str):
+        raise InvalidEvent("wrong_type", f"{name} must be a string")
+    return raw
+
+
 def event_type_of(obj: dict[str, Any]) -> EventType:
     """For sources without a topic (JSON-lines files): the AGS event name or the payload."""
-    kind = str(obj.get("type") or obj.get("eventType") or obj.get("name") or "").lower()
+    kind = obj.get("type") or obj.get("eventType") or obj.get("name") or ""
+    kind = kind.lower() if isinstance(kind, str) else ""
     if "login" in kind or "loggedin" in kind:
         return EventType.LOGIN
     if "stat" in kind:
@@ -156,29 +226,41 @@ def decode_json_event(
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent("undecodable", f"cannot decode JSON: {exc}") from None
-    if not isinstance(obj, dict):
+    if obj is None:
         raise InvalidEvent("nil_message", "message cannot be nil")
+    if not isinstance(obj, dict):
+        raise InvalidEvent("wrong_type", "message must be a JSON object")
     if event_type is None:
         event_type = event_type_of(obj)
     payload = obj.get("payload")
     if payload is not None and not isinstance(payload, dict):
-        raise InvalidEvent("nil_payload", "payload cannot be nil")
+        raise InvalidEvent("wrong_type", "payload must be an object")
     payload = payload or {}
-    user_id = str(_get(obj, "userId", "user_id") or _get(payload, "userId", "user_id") or "")
-    namespace = str(obj.get("namespace") or payload.get("namespace") or "")
-    stat_code = str(_get(payload, "statCode", "stat_code") or "")
-    value = _get(payload, "latestValue", "latest_value")
-    if value is None:
-        value = payload.get("value")
+    user_id = _text(_get(obj, "userId", "user_id"), "userId") or _text(
+        _get(payload, "userId", "user_id"), "userId"
+    )
+    namespace = _text(obj.get("namespace"), "namespace") or _text(
+        payload.get("namespace"), "namespace"
+    )
+    event_id = _text(obj.get("id"), "id")
+    timestamp = obj.get("timestamp")
+    if timestamp is not None and not isinstance(timestamp, str):
+        raise InvalidEvent("wrong_type", "timestamp must be a string")
+    stat_code, value, inc = "", 0.0, 0.0
+    if event_type is EventType.STATISTIC:
+        stat_code = _text(_get(payload, "statCode", "stat_code"), "statCode")
+        raw_value = _get(payload, "latestValue", "latest_value")
+        value = _number(payload.get("value") if raw_value is None else raw_value, "latestValue")
+        inc = _number(payload.get("inc"), "inc")
     return build_event(
         event_type=event_type,
-        event_id=str(obj.get("id") or ""),
+        event_id=event_id,
         namespace=namespace,
         user_id=user_id,
-        timestamp=obj.get("timestamp"),
+        timestamp=timestamp,
         fallback_time=fallback_time,
         has_payload=bool(payload),
         stat_code=stat_code,
-        value=_number(value, "latestValue") if event_type is EventType.STATISTIC else 0.0,
-        inc=_number(payload.get("inc"), "inc") if event_type is EventType.STATISTIC else 0.0,
+        value=value,
+        inc=inc,
     )

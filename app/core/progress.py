@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 
 from app.core.challenges import Goal, Kind, Schedule, Source
-from app.core.events import INT_MAX, Event, EventType
+from app.core.events import INT_MAX, Event, EventType, clamp_int
 
 NOT_STARTED = "not_started"
 IN_PROGRESS = "in_progress"
@@ -140,7 +140,8 @@ class Delta:
             if self.events == 1 or t >= self.value_time:
                 self.value, self.value_time = event.value, t
             if self.events == 1 or t < self.first_time:
-                self.first_base = max(event.value - event.inc, -INT_MAX)
+                # value - inc of two clamped ints can leave the INT range (5 - -2^31)
+                self.first_base = max(clamp_int(event.value - event.inc), -INT_MAX)
             if not self.steps or event.value > self.steps[-1][0]:
                 self.steps.append((event.value, t))
         elif family is Family.COUNTER_DAILY and (self.events == 1 or t < self.first_time):
@@ -169,21 +170,25 @@ def applies(goal: Goal, event: Event) -> bool:
 
 
 def fold(deltas: dict[BufferKey, Delta], event: Event, goals: Iterable[Goal]) -> int:
-    """Merge one event into the pending deltas; returns how many goals it moved."""
-    moved = 0
+    """Merge one event into the pending deltas; returns how many goals it moved.
+
+    Whole or nothing: every goal's period and key is worked out before the first delta
+    changes, so nothing that can fail runs between two goals' updates.
+    """
+    plan = []
     for goal in goals:
         if not applies(goal, event):
             continue
         period = period_of(goal, event.event_time)
-        key = (event.user_id, goal.goal_id, period[0] if period else None)
+        plan.append((goal, period, (event.user_id, goal.goal_id, period[0] if period else None)))
+    for goal, period, key in plan:
         delta = deltas.get(key)
         if delta is None:
             delta = deltas[key] = Delta(
                 goal, event.user_id, event.namespace, period, event.event_time
             )
         delta.add(event)
-        moved += 1
-    return moved
+    return len(plan)
 
 
 # ------------------------------------------------------------------ the oracle

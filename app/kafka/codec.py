@@ -57,3 +57,17 @@ def decode(raw: bytes) -> Forwarded:
         inc=d["i"],
     )
     return Forwarded(event, d["st"], d["sp"], d["so"], d["ts"])
+
+
+# A dead letter carries the original bytes, unless they could not fit in a record of their
+# own next to the headers (Faust's producer refuses requests over 1,000,000 bytes): a
+# record produced near the broker's limit is then kept truncated, marked with its length.
+DEAD_LETTER_MAX_VALUE = 900_000
+
+
+def dead_letter_value(raw: bytes | None) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """(value, extra headers) of the dead-letter record for a source record's value."""
+    value = raw if raw is not None else b""
+    if len(value) <= DEAD_LETTER_MAX_VALUE:
+        return value, []
+    return value[:DEAD_LETTER_MAX_VALUE], [("truncated_from", str(len(value)).encode())]

@@ -59,6 +59,11 @@ GRPC_DURATION = Histogram(
     ["method"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+GRPC_SHED = Counter(
+    f"{PREFIX}_grpc_shed_total",
+    "gRPC calls refused before any work because the server is overloaded",
+    ["reason"],
+)
 GRPC_IN_FLIGHT = Gauge(
     f"{PREFIX}_grpc_in_flight_requests", "gRPC calls being handled", multiprocess_mode="livesum"
 )

@@ -125,7 +125,7 @@ async def test_bad_records_are_dead_lettered_and_the_rest_applied(
         (stat_topic(ns), b'{"id":"e2","userId":"u1","namespace":"x"}', "nil_payload"),
         (stat_topic(ns), b'{"id":"e3","userId":"u1","payload":{"latestValue":1}}', "empty_stat_code"),
         (login_topic(ns), login_json(ns, "u" * 101, t0), "user_id_too_long"),
-        (stat_topic(ns), b"[1, 2]", "nil_message"),
+        (stat_topic(ns), b"[1, 2]", "wrong_type"),
     ]  # fmt: skip
     records: list[Record] = []
     expected = Expected()
