@@ -140,6 +140,23 @@ class Flusher:
     def request_flush(self) -> None:
         self._wake.set()
 
+    def drop_user(self, user_id: str) -> int:
+        """GDPR deletion: forget everything still buffered for `user_id` — its deltas and,
+        with event-id tracking, its logged events — so no later flush re-creates its rows.
+        A generation already being written is not touched (tables/gdpr.py waits for it).
+        Returns how many buffered entries were dropped."""
+        generation = self.current
+        if generation is None:
+            return 0
+        keys = [key for key, delta in generation.deltas.items() if delta.user_id == user_id]
+        for key in keys:
+            del generation.deltas[key]
+        if generation.log is not None:
+            generation.log[:] = [item for item in generation.log if item[0].user_id != user_id]
+        if keys:
+            self._space.set()
+        return len(keys)
+
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
