@@ -75,8 +75,15 @@ def decode_deletion(raw: bytes | None) -> Deletion:
     return Deletion(user_id, namespace)
 
 
-def make_gdpr_agent(app: faust.App, topics: Topics, flusher: Flusher, namespace: str) -> None:
-    """Attach the GDPR agent; `flusher` is the progress pipeline's (its buffer is dropped)."""
+def make_gdpr_agent(
+    app: faust.App,
+    topics: Topics,
+    flusher: Flusher,
+    namespace: str,
+    resweep_after: float | None = None,
+) -> None:
+    """Attach the GDPR agent; `flusher` is the progress pipeline's (its buffer is dropped).
+    `resweep_after`: delete once more after that long (updates buffered by other workers)."""
     source = app.topic(topics.gdpr, **RAW)
     dlq = app.topic(dlq_topic(topics.gdpr), **RAW)
     received = metrics.EVENTS.labels("kafka_gdpr")
@@ -101,7 +108,9 @@ def make_gdpr_agent(app: faust.App, topics: Topics, flusher: Flusher, namespace:
         attempt = 0
         while True:
             try:
-                await erase_user(flusher, deletion.user_id, namespace, source=SOURCE)
+                await erase_user(
+                    flusher, deletion.user_id, namespace, source=SOURCE, resweep_after=resweep_after
+                )
                 return
             except Exception as exc:
                 if not is_transient(exc):

@@ -15,6 +15,11 @@ So that nothing still buffered re-creates a row afterwards:
 3. updates that arrived meanwhile are dropped again, then the rows are deleted.
 A redelivered deletion deletes nothing more and is answered the same way.
 
+Other replicas (or other Kafka workers) may still hold an update for the user that was
+in flight when the deletion arrived; with `resweep_after` the deletion runs once more
+after that long (longer than any update can stay unwritten), and logs a warning if it
+found something. Best effort: a process stopped before it runs does not run it.
+
 Every deletion is logged once at info with `audit: gdpr_deletion` and the row counts
 (never the message) and counted in `challenge_event_handler_gdpr_deletions_total`.
 """
@@ -105,6 +110,32 @@ async def _barrier(flusher: Flusher, timeout: float | None) -> None:
     waiter.result()
 
 
+_sweeps: set[asyncio.Task[None]] = set()
+
+
+async def _resweep(engine: AsyncEngine, user_id: str, namespace: str, delay: float) -> None:
+    await asyncio.sleep(delay)
+    try:
+        rows = await delete_rows(engine, user_id, namespace)
+    except Exception as exc:
+        log.warning("gdpr re-sweep failed", extra={"error": str(exc)[:300]})
+        return
+    if any(rows.values()):
+        for table, count in rows.items():
+            if count:
+                ROWS_DELETED.labels(table).inc(count)
+        log.warning(
+            "gdpr re-sweep deleted rows written after the deletion",
+            extra={"audit": "gdpr_resweep", "user_id": user_id, "rows": rows},
+        )
+
+
+def schedule_resweep(engine: AsyncEngine, user_id: str, namespace: str, delay: float) -> None:
+    task = asyncio.get_running_loop().create_task(_resweep(engine, user_id, namespace, delay))
+    _sweeps.add(task)
+    task.add_done_callback(_sweeps.discard)
+
+
 async def erase_user(
     flusher: Flusher,
     user_id: str,
@@ -112,6 +143,7 @@ async def erase_user(
     *,
     source: str,
     barrier_timeout: float | None = None,
+    resweep_after: float | None = None,
 ) -> Erasure:
     """Drop the user's buffered updates, wait out flushes in flight, delete their rows.
 
@@ -128,6 +160,8 @@ async def erase_user(
         DELETIONS.labels(source, "failed").inc()
         raise
     erasure = Erasure(user_id, namespace, rows, buffered)
+    if resweep_after is not None:
+        schedule_resweep(flusher.writer.engine, user_id, namespace, resweep_after)
     DELETIONS.labels(source, "deleted").inc()
     for table, count in rows.items():
         if count:

@@ -59,10 +59,14 @@ def decode_deletion(message: Any) -> Deletion:
 class GdprHandler:
     """OnMessage of the GDPR service: decode, filter the namespace, erase, answer."""
 
-    def __init__(self, flusher: Flusher, namespace: str, *, timeout: float):
+    def __init__(
+        self, flusher: Flusher, namespace: str, *, timeout: float, resweep_after: float | None
+    ):
         self.flusher = flusher
         self.namespace = namespace
         self.timeout = timeout  # longest wait for flushes in flight (GRPC_ACK_TIMEOUT)
+        # another replica's call in flight for the user commits within its ack timeout
+        self.resweep_after = resweep_after
 
     async def handle(self, request: Any, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         started = time.perf_counter()
@@ -96,6 +100,7 @@ class GdprHandler:
                 self.namespace or deletion.namespace,
                 source=SOURCE,
                 barrier_timeout=self.timeout,
+                resweep_after=self.resweep_after,
             )
         except BarrierTimeout:
             return grpc.StatusCode.UNAVAILABLE, "deletion not committed in time, retry"

@@ -150,7 +150,13 @@ def build_server(
     protos.login_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(login, server)
     protos.stat_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(stat, server)
     pipeline = handler.pipeline
-    gdpr = GdprHandler(pipeline.flusher, pipeline.settings.namespace, timeout=handler.ack_timeout)
+    settings = pipeline.settings
+    gdpr = GdprHandler(
+        pipeline.flusher,
+        settings.namespace,
+        timeout=handler.ack_timeout,
+        resweep_after=settings.grpc_ack_timeout + 2 * settings.flush_interval,
+    )
     add_gdpr_service(server, gdpr)
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
     reflection.enable_server_reflection(
