@@ -84,9 +84,10 @@ def make_gdpr_agent(
 ) -> None:
     """Attach the GDPR agent; `flusher` is the progress pipeline's (its buffer is dropped).
     `resweep_after`: delete once more after that long (updates buffered by other workers)."""
-    source = app.topic(topics.gdpr, **RAW)
-    dlq = app.topic(dlq_topic(topics.gdpr), **RAW)
-    received = metrics.EVENTS.labels("kafka_gdpr")
+    # declared internal: Faust creates them when missing (local development; on AGS the
+    # topic exists and is left as it is), so the agent never subscribes to nothing
+    source = app.topic(topics.gdpr, partitions=1, internal=True, **RAW)
+    dlq = app.topic(dlq_topic(topics.gdpr), partitions=1, internal=True, **RAW)
 
     async def dead_letter(
         message: faust.types.Message, raw: bytes | None, reason: str, error: str
@@ -132,7 +133,6 @@ def make_gdpr_agent(
     async def gdpr(stream: faust.StreamT[bytes]) -> None:
         async for record in stream.events():
             message, raw = record.message, record.value
-            received.inc()
             try:
                 deletion = decode_deletion(raw)
             except InvalidEvent as exc:

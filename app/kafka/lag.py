@@ -1,11 +1,12 @@
 """Kafka consumer lag per assigned partition (the dashboard's lag panel, the lag alert).
 
-Lag = the partition's highwater (log end offset) minus the offset this worker committed
-(Faust commits the next offset to read; the progress agent acks only after the flush
-holding a record committed, so this counts records not yet durably applied). Before the
-first commit the fetch position stands in. Updated by a Faust timer every few seconds
-from values the consumer already holds — no broker round trip, nothing on the
-per-record path. Partitions that move away lose their series.
+Lag = the partition's highwater (log end offset) minus the group's committed offset
+(Faust loads it on assignment and advances it on each commit; it commits the next
+offset to read, and the progress agent acks only after the flush holding a record
+committed, so this counts records not yet durably applied). A partition the group never
+committed counts from offset 0 (the log start while nothing was deleted by retention).
+Updated by a Faust timer every few seconds from values the consumer already holds — no
+broker round trip, nothing on the per-record path. Revoked partitions lose their series.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LAG = Gauge(
 _exported: set[tuple[str, str]] = set()
 
 
-async def update_lag(consumer: Any) -> None:
+def update_lag(consumer: Any) -> None:
     """Set the gauge for every assigned partition; drop series of revoked ones."""
     global _exported
     committed = getattr(consumer, "_committed_offset", {})  # Faust keeps it per partition
@@ -37,14 +38,12 @@ async def update_lag(consumer: Any) -> None:
     for tp in consumer.assignment():
         try:
             highwater = consumer.highwater(tp)
-            done = committed.get(tp)
-            if done is None:
-                done = await consumer.position(tp)
         except Exception as exc:  # rebalancing: partition no longer ours
             log.debug("lag unavailable", extra={"topic": tp.topic, "error": str(exc)[:200]})
             continue
-        if highwater is None or done is None:
+        if highwater is None:  # nothing fetched yet
             continue
+        done = committed.get(tp) or 0
         labels = (tp.topic, str(tp.partition))
         LAG.labels(*labels).set(max(0, highwater - done))
         seen.add(labels)
@@ -58,4 +57,4 @@ def track_lag(app: faust.App, interval: float = 5.0) -> None:
 
     @app.timer(interval=interval)  # type: ignore[untyped-decorator]
     async def consumer_lag() -> None:
-        await update_lag(app.consumer)
+        update_lag(app.consumer)

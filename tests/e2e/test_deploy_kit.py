@@ -15,9 +15,18 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.grpc import SERVING, Server, server_env, write_config
-from tests.helpers.kafka import Worker, create_topics, new_namespace
+from tests.helpers.kafka import (
+    Record,
+    Worker,
+    create_topics,
+    login_json,
+    login_topic,
+    new_namespace,
+    produce,
+    wait_for,
+)
 from tests.helpers.kafka import write_config as write_kafka_config
-from tests.helpers.process import scrape
+from tests.helpers.process import samples, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
@@ -117,3 +126,58 @@ def test_rules_pass_promtool(tmp_path):
         [tool, "check", "rules", str(broken)], capture_output=True, text=True, timeout=60
     )
     assert refused.returncode != 0
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+async def test_kafka_consumer_lag_shows_records_not_yet_committed(
+    pg_url, kafka_bootstrap, tmp_path
+):
+    """Records wait in the buffer for a long flush interval: the repartition topic shows
+    lag; once the flush committed and Faust committed the offsets, lag returns to 0."""
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns)
+    worker = Worker(
+        pg_url,
+        kafka_bootstrap,
+        ns,
+        write_kafka_config(tmp_path),
+        tmp_path / "worker.log",
+        BUFFER_FLUSH_INTERVAL="12s",
+    ).start()
+
+    async def lag(kind: str) -> float | None:
+        try:
+            body = await asyncio.to_thread(scrape, worker.port)
+        except OSError:
+            return None
+        values = [
+            value
+            for name, labels, value in samples(body)
+            if name == "challenge_event_handler_kafka_consumer_lag" and kind in labels
+        ]
+        return sum(values) if values else None
+
+    try:
+        await worker.wait_ready()
+        await produce(
+            kafka_bootstrap,
+            [Record(login_topic(ns), login_json(ns, f"lag-{i}", None)) for i in range(20)],
+        )
+        seen = await wait_for(
+            lambda: _positive(lag("events-by-user")), 30, "lag on the repartition topic"
+        )
+        assert 0 < seen <= 20
+        await wait_for(lambda: _zero(lag("events-by-user")), 60, "lag back to 0")
+        assert await lag(login_topic(ns)) == 0
+    finally:
+        worker.stop_quietly()
+
+
+async def _positive(value) -> float | None:
+    found = await value
+    return found if found else None
+
+
+async def _zero(value) -> bool:
+    return await value == 0
