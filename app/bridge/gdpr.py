@@ -21,6 +21,7 @@ from google.protobuf import empty_pb2
 
 from app.bridge.client import CallResult
 from app.core.events import InvalidEvent, validate_identity
+from app.core.settings import Settings
 from app.observability import metrics
 from proto.build import load as load_protos
 from tables.buffer import Flusher
@@ -112,8 +113,18 @@ class GdprHandler:
         return grpc.StatusCode.OK, ""
 
 
-def add_gdpr_service(server: grpc.aio.Server, handler: GdprHandler) -> str:
-    """Register the GDPR servicer; returns its full service name (for reflection)."""
+def add_gdpr_service(server: grpc.aio.Server, flusher: Flusher, settings: Settings) -> str:
+    """Register the GDPR servicer; returns its full service name (for reflection).
+
+    The deletion waits at most GRPC_ACK_TIMEOUT for flushes in flight, and sweeps again
+    after GRPC_ACK_TIMEOUT + 2 flush intervals (another replica's call in flight for the
+    user has committed or failed by then)."""
+    handler = GdprHandler(
+        flusher,
+        settings.namespace,
+        timeout=settings.grpc_ack_timeout,
+        resweep_after=settings.grpc_ack_timeout + 2 * settings.flush_interval,
+    )
 
     base = protos.gdpr_grpc.DeletionAccountGdprGdprRequestDataDeletionResponseServiceServicer
 

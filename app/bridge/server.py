@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from app.bridge.decode import decode_login, decode_stat
-from app.bridge.gdpr import GDPR_SERVICE, GdprHandler, add_gdpr_service
+from app.bridge.gdpr import GDPR_SERVICE, add_gdpr_service
 from app.bridge.health import HealthMonitor
 from app.core.challenges import ChallengeConfig
 from app.core.clock import now_utc
@@ -149,15 +149,7 @@ def build_server(
     login, stat = _servicers(handler)
     protos.login_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(login, server)
     protos.stat_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(stat, server)
-    pipeline = handler.pipeline
-    settings = pipeline.settings
-    gdpr = GdprHandler(
-        pipeline.flusher,
-        settings.namespace,
-        timeout=handler.ack_timeout,
-        resweep_after=settings.grpc_ack_timeout + 2 * settings.flush_interval,
-    )
-    add_gdpr_service(server, gdpr)
+    add_gdpr_service(server, handler.pipeline.flusher, handler.pipeline.settings)
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
     reflection.enable_server_reflection(
         (
