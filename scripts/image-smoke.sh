@@ -2,8 +2,8 @@
 # Build the unchanged Dockerfile with rootful podman and smoke-run the image as Extend
 # would run it:
 #   serve on the embedded SQLite default -> gRPC health SERVING (the image's own
-#   HEALTHCHECK) -> runs as the non-root user -> a login and a stat event -> the row read
-#   back -> SIGTERM -> exit code 0;
+#   HEALTHCHECK) -> runs as the non-root user -> a login and a stat event -> the rows read
+#   back -> a GDPR deletion -> the rows gone -> SIGTERM -> exit code 0;
 #   then, when a Kafka broker answers on KAFKA_BOOTSTRAP_SERVERS, the Kafka worker too:
 #   ready -> events produced -> row read back -> SIGTERM -> exit code 0.
 #
@@ -186,6 +186,11 @@ smoke_serve() {
   log "ok: serve rows read back (daily-login 1 completed, win-1 4 completed)"
   curl -fsS "http://127.0.0.1:${metrics}/metrics" | grep -q '^challenge_event_handler_events_total{source="grpc"} 2.0' ||
     show_logs_and_die "$name" "metrics do not count the two events"
+  sent="$(in_container "$name" python -m app send --target "127.0.0.1:${grpc}" gdpr --user "$user")"
+  [[ "$sent" == OK* ]] || show_logs_and_die "$name" "GDPR deletion refused: ${sent}"
+  in_container "$name" python -m app progress "$user" | grep -q "no progress rows" ||
+    show_logs_and_die "$name" "rows of ${user} still there after the GDPR deletion"
+  log "ok: serve GDPR deletion answered OK and the user's rows are gone"
   stop_and_check_exit "$name"
   podman logs "$name" 2>&1 | grep -q '"shutdown complete"' ||
     show_logs_and_die "$name" "no 'shutdown complete' log line"
