@@ -1,10 +1,30 @@
-# Challenge event handler — AccelByte Extend event handler image (gRPC bridge mode).
-#   docker build -t challenge-event-handler .
+# Challenge event handler — the AccelByte Extend event handler image (gRPC bridge mode).
+#   docker build -t challenge-event-handler .        (podman: add --format docker, which
+#                                                     keeps the HEALTHCHECK)
 #   docker run -e AB_NAMESPACE=mygame -e DATABASE_URL=postgresql://... -p 6565:6565 -p 8080:8080 \
 #     challenge-event-handler
 # Config is baked at /app/config/challenges.json; mount a directory over /app/config (or set
 # CONFIG_PATH) to use another one. The same image runs the Kafka worker or a replay with a
-# different command (python -m app worker / replay ...).
+# different command (python -m app worker / replay ...). docs/deploy.md has the rest.
+
+# ---- stage 1: generate the gRPC code (grpcio-tools is a build tool, not shipped) ----
+FROM python:3.11-slim AS protos
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml ./
+# the pins of pyproject.toml for protoc and for importing its output
+RUN python -c "import tomllib; d=tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']; print('\n'.join(x for x in d if x.split('==')[0].split('[')[0] in ('grpcio','grpcio-tools','protobuf')))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+COPY proto/ proto/
+COPY scripts/gen_protos.py scripts/
+RUN python scripts/gen_protos.py
+
+# ---- stage 2: the runtime image ----
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,19 +34,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first (cached while only the source changes): a throw-away install of the
-# pinned requirements from pyproject.toml.
+# Dependencies first (cached while only the source changes): the pinned requirements of
+# pyproject.toml, without grpcio-tools (only stage 1 runs protoc).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; d=tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']; print('\n'.join(x for x in d if not x.startswith('grpcio-tools')))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# The app runs from this source tree (Alembic reads migrations/ and alembic.ini here).
 COPY . .
-# Install the project, generate the gRPC code (proto/gen, not in git) and fail the build
-# early when the baked config is invalid.
-RUN pip install --no-deps . \
-    && python scripts/gen_protos.py \
+COPY --from=protos /src/proto/gen proto/gen
+# Prove the generated code imports without grpcio-tools, and fail the build early when
+# the baked config is invalid.
+RUN python -c "import importlib.util, sys; from proto.build import load; load(); sys.exit(importlib.util.find_spec('grpc_tools') is not None)" \
     && python -m app config check /app/config/challenges.json
 
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app \
@@ -45,4 +66,5 @@ EXPOSE 6565 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import grpc,os,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;c=grpc.insecure_channel('127.0.0.1:'+os.environ.get('GRPC_PORT','6565'));sys.exit(0 if g.HealthStub(c).Check(h.HealthCheckRequest(),timeout=2).status==h.HealthCheckResponse.SERVING else 1)"]
 
+STOPSIGNAL SIGTERM
 CMD ["python", "-m", "app", "serve"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from agents.gdpr import make_gdpr_agent
 from agents.ingest import make_ingest_agent
 from agents.progress import make_progress_agent
 from app.core.challenges import ChallengeConfig
 from app.core.settings import Settings
 from app.kafka.faust_app import KafkaApp, create_app
+from app.kafka.topics import Topics
 
 
 def build_worker(settings: Settings, config: ChallengeConfig) -> KafkaApp:
@@ -14,4 +16,11 @@ def build_worker(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     for source in kafka.sources:
         make_ingest_agent(kafka.app, source.topic, source.event_type, kafka.by_user, source.dlq)
     make_progress_agent(kafka.app, kafka.by_user, kafka.runtime)
+    make_gdpr_agent(
+        kafka.app,
+        Topics(settings.require_namespace(), settings.kafka_consumer_group),
+        kafka.runtime.pipeline.flusher,
+        settings.namespace,
+        resweep_after=settings.kafka_session_timeout + 2 * settings.flush_interval,
+    )
     return kafka

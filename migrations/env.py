@@ -8,6 +8,7 @@ from alembic import context
 
 from app.core.settings import Settings
 from tables.db import make_engine
+from tables.migrate import ensure_progress_table, lock_migrations
 from tables.schema import metadata
 
 config = context.config
@@ -20,7 +21,13 @@ def _url() -> str:
 def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
     with context.begin_transaction():
+        lock_migrations(connection)
         context.run_migrations()
+        # the backend's table: created only when missing and ASSIGNMENT_MODE=auto
+        mode = config.attributes.get("assignment_mode") or Settings.from_env().assignment_mode
+        config.attributes["progress_table"] = ensure_progress_table(
+            connection, create=mode == "auto"
+        )
 
 
 async def _run_async() -> None:

@@ -29,7 +29,8 @@ STAMP = GEN_DIR / ".stamp"
 
 LOGIN_PROTO = "accelbyte/iam/account/v1/account.proto"
 STAT_PROTO = "accelbyte/social/statistic/v1/statistic.proto"
-PROTO_FILES = (LOGIN_PROTO, STAT_PROTO)
+GDPR_PROTO = "accelbyte/iam/account/v1/gdpr.proto"
+PROTO_FILES = (LOGIN_PROTO, STAT_PROTO, GDPR_PROTO)
 
 
 class ProtoBuildError(RuntimeError):
@@ -107,6 +108,8 @@ class Protos:
     login_grpc: ModuleType
     stat_pb2: ModuleType
     stat_grpc: ModuleType
+    gdpr_pb2: ModuleType
+    gdpr_grpc: ModuleType
 
 
 _loaded: Protos | None = None
@@ -129,5 +132,7 @@ def load() -> Protos:
             login_grpc=importlib.import_module(_module_name(LOGIN_PROTO, "_pb2_grpc")),
             stat_pb2=importlib.import_module(_module_name(STAT_PROTO, "_pb2")),
             stat_grpc=importlib.import_module(_module_name(STAT_PROTO, "_pb2_grpc")),
+            gdpr_pb2=importlib.import_module(_module_name(GDPR_PROTO, "_pb2")),
+            gdpr_grpc=importlib.import_module(_module_name(GDPR_PROTO, "_pb2_grpc")),
         )
     return _loaded

@@ -257,6 +257,33 @@ class Flusher:
         started = self.flush_started
         return self.failures >= 2 or (started is not None and time.monotonic() - started > after)
 
+    def drop_user(self, user_id: str) -> int:
+        """GDPR deletion: forget everything still buffered or carried for `user_id` — its
+        deltas and, with event-id tracking, its logged events — so no later flush
+        re-creates its rows. Callers waiting on its held rows are answered (their events
+        are erased with the user). A generation already being written is not touched
+        (tables/gdpr.py waits for it). Returns how many buffered entries were dropped."""
+        dropped = 0
+        generation = self.current
+        if generation is not None:
+            keys = [key for key, delta in generation.deltas.items() if delta.user_id == user_id]
+            for key in keys:
+                del generation.deltas[key]
+            if generation.log is not None:
+                generation.log[:] = [item for item in generation.log if item[0].user_id != user_id]
+            dropped += len(keys)
+        carried = [delta for delta in self._carry if delta.user_id == user_id]
+        if carried:
+            self._carry = [delta for delta in self._carry if delta.user_id != user_id]
+            self._carry_log = [item for item in self._carry_log if item[0].user_id != user_id]
+            dropped += len(carried)
+        waiters = self._held.pop(user_id, None)
+        if waiters is not None:
+            waiters.settle(COMMITTED)
+        if dropped:
+            self._space.set()
+        return dropped
+
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:

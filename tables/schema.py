@@ -1,5 +1,11 @@
 """SQLAlchemy tables: the shared user_goal_progress table (SPEC §5.1, identical to the
-backend's) and the service's own bookkeeping tables. One source for Alembic and tests."""
+backend's) and the service's own bookkeeping tables. One source for Alembic and tests.
+
+`user_goal_progress` belongs to the AccelByte challenge backend: we create it only when it
+is missing and ASSIGNMENT_MODE=auto (tables/migrate.py), and then exactly as the
+backend's migration does: same column defaults (`now()`; SQLAlchemy renders `func.now()`
+as CURRENT_TIMESTAMP on SQLite), constraint and index names, partial-index predicates.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     text,
 )
 
@@ -32,8 +39,8 @@ user_goal_progress = Table(
     Column("status", String(20), nullable=False, server_default=text("'not_started'")),
     Column("completed_at", DateTime, nullable=True),
     Column("claimed_at", DateTime, nullable=True),
-    Column("created_at", DateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
-    Column("updated_at", DateTime, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime, nullable=False, server_default=func.now()),
     Column("is_active", Boolean, nullable=False, server_default=text("true")),
     Column("assigned_at", DateTime, nullable=True),
     Column("expires_at", DateTime, nullable=True),
@@ -48,27 +55,29 @@ user_goal_progress = Table(
     ),
 )
 
-Index(
-    "idx_user_goal_progress_user_challenge",
-    user_goal_progress.c.user_id,
-    user_goal_progress.c.challenge_id,
-)
-Index(
-    "idx_user_goal_progress_user_active",
-    user_goal_progress.c.user_id,
-    user_goal_progress.c.is_active,
-    postgresql_where=user_goal_progress.c.is_active,
-    sqlite_where=user_goal_progress.c.is_active,
-)
-Index("idx_user_goal_progress_user_id", user_goal_progress.c.user_id)
-Index(
-    "idx_user_goal_progress_user_goal", user_goal_progress.c.user_id, user_goal_progress.c.goal_id
-)
-Index(
-    "idx_user_goal_progress_user_active_only",
-    user_goal_progress.c.user_id,
-    postgresql_where=user_goal_progress.c.is_active,
-    sqlite_where=user_goal_progress.c.is_active,
+# The backend's index names and predicates (SPEC §5.1), in its order.
+ACTIVE = text("is_active = true")
+PROGRESS_INDEXES = (
+    Index(
+        "idx_user_goal_progress_user_challenge",
+        user_goal_progress.c.user_id,
+        user_goal_progress.c.challenge_id,
+    ),
+    Index(
+        "idx_user_goal_progress_user_active",
+        user_goal_progress.c.user_id,
+        user_goal_progress.c.is_active,
+        postgresql_where=ACTIVE,
+        sqlite_where=ACTIVE,
+    ),
+    Index("idx_user_goal_count", user_goal_progress.c.user_id),
+    Index("idx_user_goal_lookup", user_goal_progress.c.user_id, user_goal_progress.c.goal_id),
+    Index(
+        "idx_user_goal_active_only",
+        user_goal_progress.c.user_id,
+        postgresql_where=ACTIVE,
+        sqlite_where=ACTIVE,
+    ),
 )
 
 # The UTC day (00:00) of the last day an increment+daily goal was counted for a user.

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from app.bridge import wire
+from app.bridge.gdpr import GDPR_SERVICE, add_gdpr_service
 from app.bridge.health import HealthMonitor
 from app.bridge.refusals import RefusalLog
 from app.bridge.shedding import OVERLOADED, Shedder, server_options
@@ -40,7 +41,7 @@ from app.pipeline import Pipeline, reload_config
 from proto.build import load as load_protos
 from tables.buffer import ABORTED, COMMITTED, BufferFull, Closed
 from tables.db import make_engine
-from tables.migrate import upgrade_async
+from tables.migrate import upgrade_async, wait_for_progress_table
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +162,17 @@ def build_server(
     )
     handler.shedder.limit = max_rpcs
     _add_event_services(server, handler)
+    add_gdpr_service(server, handler.pipeline.flusher, handler.pipeline.settings)
     health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
     reflection.enable_server_reflection(
-        (LOGIN_SERVICE, STAT_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+        (
+            LOGIN_SERVICE,
+            STAT_SERVICE,
+            GDPR_SERVICE,
+            "grpc.health.v1.Health",
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     server.add_insecure_port(f"[::]:{port}")
     return server
@@ -190,12 +199,32 @@ def install_signals(stop: asyncio.Event, pipeline: Pipeline, config_path: Any) -
     loop.add_signal_handler(signal.SIGHUP, reload_config, config_path, use_config)
 
 
+async def start_serving(
+    server: grpc.aio.Server,
+    monitor: HealthMonitor,
+    settings: Settings,
+    engine: Any,
+    stop: asyncio.Event,
+) -> None:
+    """Start the server and health. ASSIGNMENT_MODE=required: the challenge backend owns
+    user_goal_progress, so until it exists health is NOT_SERVING (the server already
+    answers health) and we wait for it (SPEC §5.1)."""
+    if settings.assignment_mode == "required":
+        await monitor.set_all(False)
+        await server.start()
+        await wait_for_progress_table(engine, stop, interval=settings.health_check_interval)
+    await monitor.check_once()
+    monitor.start()
+    if settings.assignment_mode != "required":
+        await server.start()
+
+
 async def serve(settings: Settings, config: ChallengeConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     if not settings.grpc_supervised:  # the supervisor migrated once for all its workers
         log.info("migrating database schema")
         try:
-            await upgrade_async(settings.database_url)
+            await upgrade_async(settings.database_url, assignment_mode=settings.assignment_mode)
         except Exception as exc:  # unreachable database, bad credentials: exit 1, no traceback
             log.error("database schema upgrade failed", extra={"error": str(exc)[:500]})
             return 1
@@ -203,7 +232,7 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
     health_engine = make_engine(settings.database_url, pool_size=1)
     monitor = HealthMonitor(
         health_engine,
-        (LOGIN_SERVICE, STAT_SERVICE),
+        (LOGIN_SERVICE, STAT_SERVICE, GDPR_SERVICE),
         interval=settings.health_check_interval,
         # Writes stuck (flushes failing, or one running past the ack timeout): NOT_SERVING.
         writes_stuck=lambda: pipeline.flusher.stalled(settings.grpc_ack_timeout),
@@ -226,9 +255,7 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
     install_signals(stop, pipeline, settings.config_path)
 
     pipeline.start()
-    await monitor.check_once()
-    monitor.start()
-    await server.start()
+    await start_serving(server, monitor, settings, health_engine, stop)
     log.info(
         "gRPC server started",
         extra={

@@ -114,15 +114,20 @@ def stat_event(data: bytes, received: datetime) -> Event:
 Behaviour = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+def add_bytes_service(server: grpc.aio.Server, service: str, behaviour: Behaviour) -> None:
+    """Register `service`'s OnMessage taking raw request bytes (no runtime decoding)."""
+    handlers = {
+        "OnMessage": grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=None,
+            response_serializer=empty_pb2.Empty.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def add_event_services(server: grpc.aio.Server, login: Behaviour, stat: Behaviour) -> None:
-    """Register both OnMessage methods taking raw request bytes (no runtime decoding)."""
-    for service, behaviour in ((LOGIN_SERVICE, login), (STAT_SERVICE, stat)):
-        handlers = {
-            "OnMessage": grpc.unary_unary_rpc_method_handler(
-                behaviour,
-                request_deserializer=None,
-                response_serializer=empty_pb2.Empty.SerializeToString,
-            )
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-        server.add_registered_method_handlers(service, handlers)
+    """Register both event services' OnMessage methods taking raw request bytes."""
+    add_bytes_service(server, LOGIN_SERVICE, login)
+    add_bytes_service(server, STAT_SERVICE, stat)

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from app.bridge.client import login_message, send, stat_message
+from app.bridge.gdpr import gdpr_message, send_gdpr
 from app.bridge.server import serve
 from app.bridge.workers import supervise
 from app.core.challenges import load_config
@@ -30,7 +31,8 @@ def register(sub: Any) -> None:
     kinds = send_cmd.add_subparsers(dest="kind", required=True)
     login = kinds.add_parser("login", help="a UserLoggedIn event")
     stat = kinds.add_parser("stat", help="a StatItemUpdated event")
-    for parser in (login, stat):
+    gdpr = kinds.add_parser("gdpr", help="a GDPR account deletion (deletes the user's rows)")
+    for parser in (login, stat, gdpr):
         parser.add_argument("--user", required=True, help="user id")
         parser.add_argument(
             "--namespace", help="event namespace (default $AB_NAMESPACE, else 'mygame')"
@@ -57,6 +59,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     namespace = args.namespace or os.environ.get("AB_NAMESPACE") or "mygame"
+    if args.kind == "gdpr":
+        result = send_gdpr(args.target, gdpr_message(args.user, namespace, args.id), args.timeout)
+        print(result.describe())
+        return 0 if result.code.name == "OK" else 1
     if args.kind == "login":
         message = login_message(args.user, namespace, args.id, args.timestamp)
     else:

@@ -21,6 +21,7 @@ from app.core.challenges import ChallengeConfig
 from app.core.events import EventType
 from app.core.settings import Settings
 from app.kafka import metrics as kafka_metrics
+from app.kafka.lag import track_lag
 from app.kafka.runtime import PositionBook, ProgressRuntime
 from app.kafka.topics import Topics, dlq_topic
 from app.pipeline import Pipeline
@@ -90,6 +91,8 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         SourceTopic(app.topic(name, **RAW), event_type, app.topic(dlq_topic(name), **RAW))
         for name, event_type in topics.sources.items()
     )
+
+    track_lag(app)
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_flusher() -> None:

@@ -8,6 +8,7 @@ from app.core.events import EventType
 
 LOGIN_SUFFIX = "iam.account.v1.userLoggedIn"
 STAT_SUFFIX = "social.statistic.v1.statItemUpdated"
+GDPR_SUFFIX = "iam.account.v1.gdprRequestDataDeletionResponse"
 
 
 def topic_for(event_type: EventType, namespace: str) -> str:
@@ -47,6 +48,11 @@ class Topics:
     @property
     def sources(self) -> dict[str, EventType]:
         return {self.login: EventType.LOGIN, self.stat: EventType.STATISTIC}
+
+    @property
+    def gdpr(self) -> str:
+        """GDPR account deletions (SPEC §1.2), consumed by agents/gdpr.py."""
+        return f"{self.namespace}.{GDPR_SUFFIX}"
 
     @property
     def repartition(self) -> str:

@@ -1,4 +1,9 @@
-"""user_goal_progress (as the AccelByte challenge backend migrates it) and our own tables.
+"""Our own tables.
+
+`user_goal_progress` is the AccelByte challenge backend's table: it is not created by a
+versioned migration but after the migrations, only when missing and only with
+ASSIGNMENT_MODE=auto (tables/migrate.py). Databases migrated by the first version of
+this file got it here, under other index names; 0003 brings those in line.
 
 Revision ID: 0001_initial
 Revises:
@@ -15,48 +20,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "user_goal_progress",
-        sa.Column("user_id", sa.String(100), nullable=False),
-        sa.Column("goal_id", sa.String(100), nullable=False),
-        sa.Column("challenge_id", sa.String(100), nullable=False),
-        sa.Column("namespace", sa.String(100), nullable=False),
-        sa.Column("progress", sa.Integer, nullable=False, server_default=sa.text("0")),
-        sa.Column("status", sa.String(20), nullable=False, server_default=sa.text("'not_started'")),
-        sa.Column("completed_at", sa.DateTime, nullable=True),
-        sa.Column("claimed_at", sa.DateTime, nullable=True),
-        sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.text("CURRENT_TIMESTAMP")),
-        sa.Column("updated_at", sa.DateTime, nullable=False, server_default=sa.text("CURRENT_TIMESTAMP")),
-        sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.text("true")),
-        sa.Column("assigned_at", sa.DateTime, nullable=True),
-        sa.Column("expires_at", sa.DateTime, nullable=True),
-        sa.Column("baseline_value", sa.Integer, nullable=True),
-        sa.PrimaryKeyConstraint("user_id", "goal_id", name="user_goal_progress_pkey"),
-        sa.CheckConstraint(
-            "status IN ('not_started', 'in_progress', 'completed', 'claimed')", name="check_status"
-        ),
-        sa.CheckConstraint("progress >= 0", name="check_progress_non_negative"),
-        sa.CheckConstraint(
-            "claimed_at IS NULL OR completed_at IS NOT NULL", name="check_claimed_implies_completed"
-        ),
-    )
-    op.create_index("idx_user_goal_progress_user_challenge", "user_goal_progress", ["user_id", "challenge_id"])
-    op.create_index(
-        "idx_user_goal_progress_user_active",
-        "user_goal_progress",
-        ["user_id", "is_active"],
-        postgresql_where=sa.text("is_active"),
-        sqlite_where=sa.text("is_active"),
-    )
-    op.create_index("idx_user_goal_progress_user_id", "user_goal_progress", ["user_id"])
-    op.create_index("idx_user_goal_progress_user_goal", "user_goal_progress", ["user_id", "goal_id"])
-    op.create_index(
-        "idx_user_goal_progress_user_active_only",
-        "user_goal_progress",
-        ["user_id"],
-        postgresql_where=sa.text("is_active"),
-        sqlite_where=sa.text("is_active"),
-    )
     op.create_table(
         "challenge_daily_marks",
         sa.Column("user_id", sa.String(100), nullable=False),
@@ -90,4 +53,3 @@ def downgrade() -> None:
     op.drop_table("challenge_dead_letters")
     op.drop_table("challenge_consumer_offsets")
     op.drop_table("challenge_daily_marks")
-    op.drop_table("user_goal_progress")

@@ -1,0 +1,159 @@
+"""GDPR account deletion on the Extend bridge (SPEC §1.1):
+`/accelbyte.iam.account.v1.DeletionAccountGdprGdprRequestDataDeletionResponseService/OnMessage`.
+
+User id = `payload.deletion_gdpr.user_id`, else the top-level `user_id`; namespace = the
+top-level `namespace`, else `payload.deletion_gdpr.namespace`. Answers OK only after the
+user's rows are deleted and committed (tables/gdpr.py); another namespace is answered OK
+and skipped; a database that cannot take the deletion in time answers UNAVAILABLE, so
+the bridge redelivers (a repeated deletion is harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from app.bridge import wire
+from app.bridge.client import CallResult
+from app.core.events import InvalidEvent, validate_identity
+from app.core.settings import Settings
+from app.observability import metrics
+from proto.build import load as load_protos
+from tables.buffer import Flusher
+from tables.db import is_transient
+from tables.gdpr import BarrierTimeout, count_invalid, count_skipped, erase_user
+
+log = logging.getLogger(__name__)
+
+protos = load_protos()
+GDPR_SERVICE = protos.gdpr_pb2.DESCRIPTOR.services_by_name[
+    "DeletionAccountGdprGdprRequestDataDeletionResponseService"
+].full_name
+GDPR_METHOD = f"/{GDPR_SERVICE}/OnMessage"
+EMPTY = empty_pb2.Empty()
+SOURCE = "grpc"
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    user_id: str
+    namespace: str
+
+
+def decode_deletion(data: bytes) -> Deletion:
+    """Request bytes -> Deletion, validated in SPEC §2 order: malformed bytes, nil
+    message, empty user id, then the id's length and content."""
+    message = wire.parse(protos.gdpr_pb2.GdprRequestDataDeletionResponse, data)
+    if message.ByteSize() == 0:
+        raise InvalidEvent("nil_message", "message cannot be nil")
+    inner = message.payload.deletion_gdpr
+    user_id = inner.user_id or message.user_id
+    validate_identity(user_id)  # empty, too long, characters PostgreSQL cannot store
+    return Deletion(user_id, message.namespace or inner.namespace)
+
+
+class GdprHandler:
+    """OnMessage of the GDPR service: decode, filter the namespace, erase, answer."""
+
+    def __init__(
+        self, flusher: Flusher, namespace: str, *, timeout: float, resweep_after: float | None
+    ):
+        self.flusher = flusher
+        self.namespace = namespace
+        self.timeout = timeout  # longest wait for flushes in flight (GRPC_ACK_TIMEOUT)
+        # another replica's call in flight for the user commits within its ack timeout
+        self.resweep_after = resweep_after
+
+    async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        started = time.perf_counter()
+        code, message = grpc.StatusCode.INTERNAL, "internal error"
+        try:
+            code, message = await self._process(request)
+        except Exception:  # a bug: INTERNAL, the bridge retries
+            log.exception("GDPR deletion failed")
+        finally:
+            metrics.GRPC_REQUESTS.labels(GDPR_METHOD, code.name).inc()
+            metrics.GRPC_DURATION.labels(GDPR_METHOD).observe(time.perf_counter() - started)
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return EMPTY
+
+    async def _process(self, request: bytes) -> tuple[grpc.StatusCode, str]:
+        try:
+            deletion = decode_deletion(request)
+        except InvalidEvent as exc:
+            count_invalid(SOURCE)
+            metrics.FAILED.labels(exc.reason).inc()
+            return grpc.StatusCode.INVALID_ARGUMENT, exc.message
+        if self.namespace and deletion.namespace != self.namespace:
+            count_skipped(SOURCE)
+            metrics.SKIPPED.labels("namespace").inc()
+            return grpc.StatusCode.OK, ""
+        try:
+            await erase_user(
+                self.flusher,
+                deletion.user_id,
+                self.namespace or deletion.namespace,
+                source=SOURCE,
+                barrier_timeout=self.timeout,
+                resweep_after=self.resweep_after,
+            )
+        except BarrierTimeout:
+            return grpc.StatusCode.UNAVAILABLE, "deletion not committed in time, retry"
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("GDPR deletion failed, bridge will retry", extra={"error": str(exc)[:300]})
+            return grpc.StatusCode.UNAVAILABLE, "database unavailable, retry"
+        return grpc.StatusCode.OK, ""
+
+
+def add_gdpr_service(server: grpc.aio.Server, flusher: Flusher, settings: Settings) -> str:
+    """Register the GDPR servicer; returns its full service name (for reflection).
+
+    The deletion waits at most GRPC_ACK_TIMEOUT for flushes in flight, and sweeps again
+    after GRPC_ACK_TIMEOUT + 2 flush intervals (another replica's call in flight for the
+    user has committed or failed by then)."""
+    handler = GdprHandler(
+        flusher,
+        settings.namespace,
+        timeout=settings.grpc_ack_timeout,
+        resweep_after=settings.grpc_ack_timeout + 2 * settings.flush_interval,
+    )
+
+    wire.add_bytes_service(server, GDPR_SERVICE, handler.handle)
+    return str(GDPR_SERVICE)
+
+
+def gdpr_message(user: str, namespace: str, event_id: str | None = None) -> Any:
+    """A deletion as IAM publishes it (user id inside the payload, as the bridge sends it)."""
+    pb = protos.gdpr_pb2
+    return pb.GdprRequestDataDeletionResponse(
+        id=event_id or uuid.uuid4().hex,
+        name="gdprRequestDataDeletionResponse",
+        namespace=namespace,
+        payload=pb.GdprRequestDataDeletionResponsePayloadData(
+            deletion_gdpr=pb.DeletionGDPR(user_id=user, namespace=namespace)
+        ),
+    )
+
+
+def send_gdpr(target: str, message: Any, timeout: float = 30.0) -> CallResult:
+    """One blocking OnMessage call to the GDPR service."""
+    with grpc.insecure_channel(target) as channel:
+        stub = protos.gdpr_grpc.DeletionAccountGdprGdprRequestDataDeletionResponseServiceStub(
+            channel
+        )
+        started = time.perf_counter()
+        try:
+            stub.OnMessage(message, timeout=timeout)
+            code, text = grpc.StatusCode.OK, ""
+        except grpc.RpcError as exc:
+            code, text = exc.code(), exc.details() or ""
+        return CallResult(code, text, time.perf_counter() - started)
