@@ -1,14 +1,21 @@
-"""Source agents: decode + validate each record, dead-letter the bad, repartition the good.
+"""Source agents: decode a batch of records, apply or forward each, dead-letter the bad.
 
-One agent per source topic. A good record is forwarded to the repartition topic keyed by
-user id (keys on the source topics may be absent or anything). The source offset is
-committed by Faust only after the forwarded record is flushed to the broker, so this hop
-is at-least-once; the progress agent drops the copies (see tables/positions.py).
+One agent per source topic, taking records in batches (`noack_take`). Per record:
+- undecodable or invalid: dead-lettered to `<topic>.dlq` with the reason, acked;
+- keyed by its own user id (what AGS produces): applied straight to the pipeline
+  (`ProgressRuntime.direct`); acked once the flush holding it has committed, its source
+  position stored with the rows (exactly-once, no repartition hop);
+- any other key (or none): forwarded to the repartition topic keyed by user id, acked
+  right away; Faust commits the source offset only after flushing the producer, so this
+  hop is at-least-once and the progress agent drops the copies (tables/positions.py).
+An exception from one record never stops the agent: that record is dead-lettered with
+reason `internal` and the batch goes on.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 import faust
@@ -16,6 +23,7 @@ import faust
 from app.core.clock import from_epoch_ms
 from app.core.events import EventType, InvalidEvent, decode_json_event
 from app.kafka.codec import Forwarded, encode
+from app.kafka.faust_app import KafkaApp, SourceTopic
 from app.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -30,52 +38,80 @@ def record_time(message: faust.types.Message) -> tuple[datetime | None, int | No
     return from_epoch_ms(ms), ms
 
 
-def make_ingest_agent(
-    app: faust.App,
-    source: faust.TopicT,
-    event_type: EventType,
-    by_user: faust.TopicT,
-    dlq: faust.TopicT,
-) -> None:
-    topic_name = source.get_topic_name()
-    received = metrics.EVENTS.labels("kafka")  # label child looked up once, not per record
+class Ingest:
+    """The per-record work of one source topic's agent."""
 
-    async def dead_letter(
-        message: faust.types.Message, raw: bytes | None, exc: InvalidEvent
-    ) -> None:
+    def __init__(self, kafka: KafkaApp, source: SourceTopic):
+        self.kafka = kafka
+        self.source = source
+        self.topic_name = source.topic.get_topic_name()
+        self.event_type: EventType = source.event_type
+        self.received = metrics.EVENTS.labels("kafka")  # label child looked up once
+
+    async def batch(self, records: Sequence[faust.EventT[bytes]]) -> None:
+        self.received.inc(len(records))
+        for record in records:
+            try:
+                await self.one(record)
+            except Exception as exc:  # a bug: never crash the agent or stall the partition
+                log.exception("record failed, dead-lettered", extra={"topic": self.topic_name})
+                await self.dead_letter(record, InvalidEvent("internal", repr(exc)[:300]))
+
+    async def one(self, record: faust.EventT[bytes]) -> None:
+        message = record.message
+        raw = record.value
+        fallback, ts_ms = record_time(message)
+        try:
+            if raw is None or raw == b"":
+                raise InvalidEvent("nil_message", "message cannot be nil")
+            event = decode_json_event(raw, self.event_type, fallback)
+        except InvalidEvent as exc:
+            await self.dead_letter(record, exc)
+            return
+        user_key = event.user_id.encode()
+        if message.key == user_key:
+            await self.kafka.runtime.direct(record, event)
+            return
+        forwarded = Forwarded(event, self.topic_name, message.partition, message.offset, ts_ms)
+        await self.kafka.by_user.send(key=user_key, value=encode(forwarded))
+        record.ack()
+
+    async def dead_letter(self, record: faust.EventT[bytes], exc: InvalidEvent) -> None:
+        message = record.message
+        raw = record.value if isinstance(record.value, bytes) else b""
         metrics.FAILED.labels(exc.reason).inc()
         metrics.DEAD_LETTERED.labels("kafka", exc.reason).inc()
-        await dlq.send(
-            key=message.key,
-            value=raw if raw is not None else b"",
-            headers=[
-                ("reason", exc.reason.encode()),
-                ("error", exc.message.encode()[:500]),
-                ("source_topic", topic_name.encode()),
-                ("source_partition", str(message.partition).encode()),
-                ("source_offset", str(message.offset).encode()),
-            ],
-        )
+        try:
+            await self.source.dlq.send(
+                key=message.key,
+                value=raw,
+                headers=[
+                    ("reason", exc.reason.encode()),
+                    ("error", exc.message.encode("utf-8", "replace")[:500]),
+                    ("source_topic", self.topic_name.encode()),
+                    ("source_partition", str(message.partition).encode()),
+                    ("source_offset", str(message.offset).encode()),
+                ],
+            )
+        except Exception:  # the dead letter itself failed: log it, never block the stream
+            log.exception(
+                "dead letter not sent",
+                extra={"topic": self.topic_name, "offset": message.offset},
+            )
+        record.ack()
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "record dead-lettered",
-                extra={"reason": exc.reason, "topic": topic_name, "offset": message.offset},
+                extra={"reason": exc.reason, "topic": self.topic_name, "offset": message.offset},
             )
 
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for record in stream.events():
-            message = record.message
-            raw = record.value
-            received.inc()
-            fallback, ts_ms = record_time(message)
-            try:
-                if raw is None or raw == b"":
-                    raise InvalidEvent("nil_message", "message cannot be nil")
-                event = decode_json_event(raw, event_type, fallback)
-            except InvalidEvent as exc:
-                await dead_letter(message, raw, exc)
-                continue
-            forwarded = Forwarded(event, topic_name, message.partition, message.offset, ts_ms)
-            await by_user.send(key=event.user_id.encode(), value=encode(forwarded))
 
-    app.agent(source, name=f"ingest-{event_type}", concurrency=1)(ingest)
+def make_ingest_agent(kafka: KafkaApp, source: SourceTopic) -> None:
+    ingest = Ingest(kafka, source)
+    size, wait = kafka.batch_size, kafka.batch_wait
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        async for records in stream.noack_take(size, within=wait):  # type: ignore[attr-defined]
+            await ingest.batch(records)
+
+    kafka.app.agent(source.topic, name=f"ingest-{source.event_type}", concurrency=1)(agent)

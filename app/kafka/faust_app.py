@@ -1,7 +1,9 @@
 """The Faust app of Kafka mode: topics and the core pipeline the agents feed.
 
-    source topics --ingest agents--> <ns>.<group>.events-by-user --progress agent-->
-    core Pipeline (namespace filter, goal index, dedup, buffer) --flusher--> Writer
+    source topics --ingest agents--+-- keyed by user id ------------------------+
+                                   +-- other keys --> <ns>.<group>.events-by-user --progress agent--+
+                                                                                                    v
+    core Pipeline (namespace filter, goal index, dedup, buffer) --flusher--> Writer (rows + positions)
 
 The agents themselves live in `agents/` and are attached by `agents.worker`. Faust's web
 server is off (nothing of ours is served there, and no table views); the dedup buffer is
@@ -50,6 +52,8 @@ class KafkaApp:
     sources: tuple[SourceTopic, ...]
     by_user: faust.TopicT
     runtime: ProgressRuntime
+    batch_size: int
+    batch_wait: float
 
 
 def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
@@ -73,6 +77,10 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         broker_session_timeout=session,
         broker_heartbeat_interval=max(1.0, session / 5),
         stream_wait_empty=True,
+        # Faust's default (4,096 buffered records per stream) pauses the fetch long before
+        # a batch is done; unacked records stay bounded by BUFFER_MAX_SIZE backpressure.
+        stream_buffer_maxsize=max(65_536, 8 * settings.kafka_batch_size),
+        broker_max_poll_records=max(2_000, settings.kafka_batch_size),
         worker_redirect_stdouts=False,
     )
     book = PositionBook(topics.group, topics.repartition)
@@ -98,7 +106,10 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stubs reject async receivers
     async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
         kafka_metrics.READY.set(0)
-        book.forget({tp.partition for tp in revoked if tp.topic == topics.repartition})
+        book.forget(
+            {tp.partition for tp in revoked if tp.topic == topics.repartition},
+            {(tp.topic, tp.partition) for tp in revoked if tp.topic in topics.sources},
+        )
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stubs reject async receivers
     async def on_rebalanced(sender: faust.App, **_: Any) -> None:
@@ -109,4 +120,6 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         kafka_metrics.READY.set(0)
         await pipeline.close()
 
-    return KafkaApp(app, sources, by_user, runtime)
+    return KafkaApp(
+        app, sources, by_user, runtime, settings.kafka_batch_size, settings.kafka_batch_wait
+    )
