@@ -6,16 +6,19 @@ One agent per source topic, taking records in batches (`noack_take`). Per record
   (`ProgressRuntime.direct`); acked once the flush holding it has committed, its source
   position stored with the rows (exactly-once, no repartition hop);
 - any other key (or none): forwarded to the repartition topic keyed by user id, acked
-  right away; Faust commits the source offset only after flushing the producer, so this
-  hop is at-least-once and the progress agent drops the copies (tables/positions.py).
+  once the broker has the copy (all copies of a batch awaited together; sent with
+  `force=True`, not as Faust "attachments", which a batch would tie to the wrong source
+  offset). This hop is at-least-once; the progress agent drops the copies
+  (tables/positions.py).
 An exception from one record never stops the agent: that record is dead-lettered with
 reason `internal` and the batch goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
 import faust
@@ -50,14 +53,51 @@ class Ingest:
 
     async def batch(self, records: Sequence[faust.EventT[bytes]]) -> None:
         self.received.inc(len(records))
+        forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]] = []
         for record in records:
             try:
-                await self.one(record)
+                sent = await self.one(record)
             except Exception as exc:  # a bug: never crash the agent or stall the partition
                 log.exception("record failed, dead-lettered", extra={"topic": self.topic_name})
                 await self.dead_letter(record, InvalidEvent("internal", repr(exc)[:300]))
+                continue
+            if sent is not None:
+                forwarded.append((record, *sent))
+        await self.delivered(forwarded)
 
-    async def one(self, record: faust.EventT[bytes]) -> None:
+    async def delivered(
+        self, forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]]
+    ) -> None:
+        """Ack forwarded records once the broker has their copies; resend failed ones."""
+        attempt = 0
+        while forwarded:
+            outcomes = await asyncio.gather(*(f for *_, f in forwarded), return_exceptions=True)
+            failed = []
+            for (record, key, value, _), outcome in zip(forwarded, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failed.append((record, key, value))
+                else:
+                    record.ack()
+            if not failed:
+                return
+            attempt += 1
+            log.warning(
+                "forwarding failed, resending",
+                extra={"records": len(failed), "attempt": attempt, "topic": self.topic_name},
+            )
+            await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+            forwarded = [
+                (record, key, value, await self.send(key, value)) for record, key, value in failed
+            ]
+
+    async def send(self, key: bytes, value: bytes) -> Awaitable[object]:
+        future: Awaitable[object] = await self.kafka.by_user.send(key=key, value=value, force=True)
+        return future
+
+    async def one(
+        self, record: faust.EventT[bytes]
+    ) -> tuple[bytes, bytes, Awaitable[object]] | None:
+        """Apply, dead-letter or forward one record; a forwarded one returns its send."""
         message = record.message
         raw = record.value
         fallback, ts_ms = record_time(message)
@@ -67,14 +107,13 @@ class Ingest:
             event = decode_json_event(raw, self.event_type, fallback)
         except InvalidEvent as exc:
             await self.dead_letter(record, exc)
-            return
+            return None
         user_key = event.user_id.encode()
         if message.key == user_key:
             await self.kafka.runtime.direct(record, event)
-            return
-        forwarded = Forwarded(event, self.topic_name, message.partition, message.offset, ts_ms)
-        await self.kafka.by_user.send(key=user_key, value=encode(forwarded))
-        record.ack()
+            return None
+        value = encode(Forwarded(event, self.topic_name, message.partition, message.offset, ts_ms))
+        return user_key, value, await self.send(user_key, value)
 
     async def dead_letter(self, record: faust.EventT[bytes], exc: InvalidEvent) -> None:
         message = record.message
@@ -82,7 +121,8 @@ class Ingest:
         metrics.FAILED.labels(exc.reason).inc()
         metrics.DEAD_LETTERED.labels("kafka", exc.reason).inc()
         try:
-            await self.source.dlq.send(
+            sent = await self.source.dlq.send(
+                force=True,
                 key=message.key,
                 value=raw,
                 headers=[
@@ -93,6 +133,7 @@ class Ingest:
                     ("source_offset", str(message.offset).encode()),
                 ],
             )
+            await sent  # on the broker before the record is acked
         except Exception:  # the dead letter itself failed: log it, never block the stream
             log.exception(
                 "dead letter not sent",

@@ -17,8 +17,8 @@ Worker rates are over the window in which positions were stored (start-up exclud
 the drain time from process start is reported beside it. Lag (events not yet applied,
 read from the positions the flushes store) is sampled every 0.25 s and plotted.
 
-Usage:
-  .venv/bin/python bench/kafka_bench.py --database-url postgresql://postgres:postgres@127.0.0.1:5432/x \
+Usage (PYTHONPATH=. so this checkout's code is imported, not another editable install):
+  PYTHONPATH=. .venv/bin/python bench/kafka_bench.py --database-url postgresql://postgres:postgres@127.0.0.1:5432/x \
       --bootstrap 127.0.0.1:9092 [--events 100000] [--out bench/results]
 Needs the `bench` extra (matplotlib) for the plot; JSON results are written regardless.
 """
@@ -214,15 +214,17 @@ async def reset(engine: Any) -> None:
 
 
 async def applied(engine: Any, group: str, topics: Topics) -> int:
-    """Records applied by committed flushes: the stored direct positions of the group."""
+    """Records applied by committed flushes, from the positions the flushes store: source
+    partitions applied directly plus repartition partitions (records forwarded)."""
+    repartition = Topics(topics.namespace, group).repartition
     async with engine.connect() as conn:
         total = (
             await conn.execute(
                 text(
                     "SELECT COALESCE(sum(next_offset), 0) FROM challenge_consumer_offsets "
-                    "WHERE consumer_group = :g AND topic IN (:a, :b)"
+                    "WHERE consumer_group = :g AND topic IN (:a, :b, :r)"
                 ),
-                {"g": group, "a": topics.login, "b": topics.stat},
+                {"g": group, "a": topics.login, "b": topics.stat, "r": repartition},
             )
         ).scalar()
     return int(total or 0)
@@ -287,16 +289,30 @@ async def replay(
     }
 
 
+APP_ROOT = [ROOT]  # --app-root: run the workers of another checkout (before/after)
+
+
 def start_worker(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "app", "worker"],
-            cwd=ROOT,
+            cwd=APP_ROOT[0],
             stdout=out,
             stderr=out,
             env={**env, "METRICS_PORT": str(port)},
             start_new_session=True,
         )
+
+
+def git_commit(root: Path) -> str:
+    found = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or "unknown"
 
 
 def free_port() -> int:
@@ -422,12 +438,17 @@ async def main() -> None:
         help="comma-separated subset of raw,replay,worker1,worker2,kill",
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--app-root", help="run the workers from this checkout instead (compare versions)"
+    )
     args = parser.parse_args()
     if not args.database_url or not args.database_url.startswith("postgresql"):
         parser.error("--database-url postgresql://... (or DATABASE_URL) is required")
     if not args.bootstrap:
         parser.error("--bootstrap (or KAFKA_BOOTSTRAP_SERVERS) is required")
     runs = set(args.runs.split(","))
+    if args.app_root:
+        APP_ROOT[0] = Path(os.path.abspath(args.app_root))  # noqa: ASYNC240
     out = Path(args.out)
     os.makedirs(out, exist_ok=True)
     logdir = Path(tempfile.mkdtemp(prefix="kafka-bench-"))
@@ -461,6 +482,7 @@ async def main() -> None:
         "namespace": ns,
         "produce_s": round(produce_s, 2),
         "flush_interval": args.flush_interval,
+        "commit": git_commit(APP_ROOT[0]),
         "expected_rows": len(expected),
         "runs": {},
     }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.sensors.monitor import Monitor
 
 from app.core.challenges import ChallengeConfig
 from app.core.events import EventType
@@ -33,6 +34,29 @@ RAW: dict[str, Any] = {
     "key_serializer": "raw",
     "value_serializer": "raw",
 }
+
+
+class PerRecordQuietMonitor(Monitor):
+    """Faust's monitor without its per-record bookkeeping.
+
+    The default monitor times every message in and out of every stream (dicts and deques
+    updated per record) for Faust's web views, which this worker does not serve; our own
+    metrics are per batch and per flush. Commit, send, rebalance hooks stay as they are.
+    """
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -77,11 +101,13 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         broker_session_timeout=session,
         broker_heartbeat_interval=max(1.0, session / 5),
         stream_wait_empty=True,
-        # Faust's default (4,096 buffered records per stream) pauses the fetch long before
-        # a batch is done; unacked records stay bounded by BUFFER_MAX_SIZE backpressure.
-        stream_buffer_maxsize=max(65_536, 8 * settings.kafka_batch_size),
-        broker_max_poll_records=max(2_000, settings.kafka_batch_size),
+        # A few batches per stream. Larger buffers let one source stream's backlog hold
+        # the fetcher (it waits to put into a full stream) and starve the repartition
+        # stream behind it; unacked records stay bounded by BUFFER_MAX_SIZE backpressure.
+        stream_buffer_maxsize=4 * settings.kafka_batch_size,
+        broker_max_poll_records=settings.kafka_batch_size,
         worker_redirect_stdouts=False,
+        monitor=PerRecordQuietMonitor(),
     )
     book = PositionBook(topics.group, topics.repartition)
     # event ids recorded with the rows: a duplicate id at another offset (a producer retry)
