@@ -1,14 +1,24 @@
-"""Source agents: decode + validate each record, dead-letter the bad, repartition the good.
+"""Source agents: decode a batch of records, apply or forward each, dead-letter the bad.
 
-One agent per source topic. A good record is forwarded to the repartition topic keyed by
-user id (keys on the source topics may be absent or anything). The source offset is
-committed by Faust only after the forwarded record is flushed to the broker, so this hop
-is at-least-once; the progress agent drops the copies (see tables/positions.py).
+One agent per source topic, taking records in batches (`noack_take`). Per record:
+- undecodable or invalid: dead-lettered to `<topic>.dlq` with the reason, acked;
+- keyed by its own user id (what AGS produces): applied straight to the pipeline
+  (`ProgressRuntime.direct`); acked once the flush holding it has committed, its source
+  position stored with the rows (exactly-once, no repartition hop);
+- any other key (or none): forwarded to the repartition topic keyed by user id, acked
+  once the broker has the copy (all copies of a batch awaited together; sent with
+  `force=True`, not as Faust "attachments", which a batch would tie to the wrong source
+  offset). This hop is at-least-once; the progress agent drops the copies
+  (tables/positions.py).
+An exception from one record never stops the agent: that record is dead-lettered with
+reason `internal` and the batch goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
 import faust
@@ -16,6 +26,7 @@ import faust
 from app.core.clock import from_epoch_ms
 from app.core.events import EventType, InvalidEvent, decode_json_event
 from app.kafka.codec import Forwarded, dead_letter_value, encode
+from app.kafka.faust_app import KafkaApp, SourceTopic
 from app.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -30,58 +41,121 @@ def record_time(message: faust.types.Message) -> tuple[datetime | None, int | No
     return from_epoch_ms(ms), ms
 
 
-def make_ingest_agent(
-    app: faust.App,
-    source: faust.TopicT,
-    event_type: EventType,
-    by_user: faust.TopicT,
-    dlq: faust.TopicT,
-) -> None:
-    topic_name = source.get_topic_name()
-    received = metrics.EVENTS.labels("kafka")  # label child looked up once, not per record
+class Ingest:
+    """The per-record work of one source topic's agent."""
 
-    async def dead_letter(
-        message: faust.types.Message, raw: bytes | None, exc: InvalidEvent
+    def __init__(self, kafka: KafkaApp, source: SourceTopic):
+        self.kafka = kafka
+        self.source = source
+        self.topic_name = source.topic.get_topic_name()
+        self.event_type: EventType = source.event_type
+        self.received = metrics.EVENTS.labels("kafka")  # label child looked up once
+
+    async def batch(self, records: Sequence[faust.EventT[bytes]]) -> None:
+        self.received.inc(len(records))
+        forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]] = []
+        for record in records:
+            try:
+                sent = await self.one(record)
+            except Exception as exc:  # a bug: never crash the agent or stall the partition
+                log.exception("record failed, dead-lettered", extra={"topic": self.topic_name})
+                await self.dead_letter(record, InvalidEvent("internal", repr(exc)[:300]))
+                continue
+            if sent is not None:
+                forwarded.append((record, *sent))
+        await self.delivered(forwarded)
+
+    async def delivered(
+        self, forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]]
     ) -> None:
+        """Ack forwarded records once the broker has their copies; resend failed ones."""
+        attempt = 0
+        while forwarded:
+            outcomes = await asyncio.gather(*(f for *_, f in forwarded), return_exceptions=True)
+            failed = []
+            for (record, key, value, _), outcome in zip(forwarded, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failed.append((record, key, value))
+                else:
+                    record.ack()
+            if not failed:
+                return
+            attempt += 1
+            log.warning(
+                "forwarding failed, resending",
+                extra={"records": len(failed), "attempt": attempt, "topic": self.topic_name},
+            )
+            await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+            forwarded = [
+                (record, key, value, await self.send(key, value)) for record, key, value in failed
+            ]
+
+    async def send(self, key: bytes, value: bytes) -> Awaitable[object]:
+        future: Awaitable[object] = await self.kafka.by_user.send(key=key, value=value, force=True)
+        return future
+
+    async def one(
+        self, record: faust.EventT[bytes]
+    ) -> tuple[bytes, bytes, Awaitable[object]] | None:
+        """Apply, dead-letter or forward one record; a forwarded one returns its send."""
+        message = record.message
+        raw = record.value
+        fallback, ts_ms = record_time(message)
+        try:
+            if raw is None or raw == b"":
+                raise InvalidEvent("nil_message", "message cannot be nil")
+            event = decode_json_event(raw, self.event_type, fallback)
+        except InvalidEvent as exc:
+            await self.dead_letter(record, exc)
+            return None
+        user_key = event.user_id.encode()
+        if message.key == user_key:
+            await self.kafka.runtime.direct(record, event)
+            return None
+        value = encode(Forwarded(event, self.topic_name, message.partition, message.offset, ts_ms))
+        return user_key, value, await self.send(user_key, value)
+
+    async def dead_letter(self, record: faust.EventT[bytes], exc: InvalidEvent) -> None:
+        message = record.message
+        raw = record.value if isinstance(record.value, bytes) else b""
         metrics.FAILED.labels(exc.reason).inc()
         metrics.DEAD_LETTERED.labels("kafka", exc.reason).inc()
+        # a record near the size limit is dead-lettered truncated (it must fit a record)
         value, extra = dead_letter_value(raw)
-        await dlq.send(
-            key=message.key,
-            value=value,
-            headers=[
-                ("reason", exc.reason.encode()),
-                ("error", exc.message.encode()[:500]),
-                ("source_topic", topic_name.encode()),
-                ("source_partition", str(message.partition).encode()),
-                ("source_offset", str(message.offset).encode()),
-                *extra,
-            ],
-        )
+        try:
+            sent = await self.source.dlq.send(
+                force=True,
+                key=message.key,
+                value=value,
+                headers=[
+                    ("reason", exc.reason.encode()),
+                    ("error", exc.message.encode("utf-8", "replace")[:500]),
+                    ("source_topic", self.topic_name.encode()),
+                    ("source_partition", str(message.partition).encode()),
+                    ("source_offset", str(message.offset).encode()),
+                    *extra,
+                ],
+            )
+            await sent  # on the broker before the record is acked
+        except Exception:  # the dead letter itself failed: log it, never block the stream
+            log.exception(
+                "dead letter not sent",
+                extra={"topic": self.topic_name, "offset": message.offset},
+            )
+        record.ack()
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "record dead-lettered",
-                extra={"reason": exc.reason, "topic": topic_name, "offset": message.offset},
+                extra={"reason": exc.reason, "topic": self.topic_name, "offset": message.offset},
             )
 
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for record in stream.events():
-            message = record.message
-            raw = record.value
-            received.inc()
-            fallback, ts_ms = record_time(message)
-            try:
-                if raw is None or raw == b"":
-                    raise InvalidEvent("nil_message", "message cannot be nil")
-                event = decode_json_event(raw, event_type, fallback)
-            except InvalidEvent as exc:
-                await dead_letter(message, raw, exc)
-                continue
-            except Exception as exc:  # last resort: one record never crashes the agent
-                log.exception("record could not be processed", extra={"offset": message.offset})
-                await dead_letter(message, raw, InvalidEvent("internal", f"internal: {exc!r}"))
-                continue
-            forwarded = Forwarded(event, topic_name, message.partition, message.offset, ts_ms)
-            await by_user.send(key=event.user_id.encode(), value=encode(forwarded))
 
-    app.agent(source, name=f"ingest-{event_type}", concurrency=1)(ingest)
+def make_ingest_agent(kafka: KafkaApp, source: SourceTopic) -> None:
+    ingest = Ingest(kafka, source)
+    size, wait = kafka.batch_size, kafka.batch_wait
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        async for records in stream.noack_take(size, within=wait):  # type: ignore[attr-defined]
+            await ingest.batch(records)
+
+    kafka.app.agent(source.topic, name=f"ingest-{source.event_type}", concurrency=1)(agent)

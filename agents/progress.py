@@ -1,4 +1,4 @@
-"""Progress agent: per-user stream from the repartition topic into the core buffer.
+"""Progress agent: batches of the repartition topic into the core buffer.
 
 Records are not acked here: the runtime acks them once the flush holding their effect
 has committed (app/kafka/runtime.py).
@@ -6,14 +6,26 @@ has committed (app/kafka/runtime.py).
 
 from __future__ import annotations
 
+import logging
+
 import faust
 
-from app.kafka.runtime import ProgressRuntime
+from app.kafka.faust_app import KafkaApp
+
+log = logging.getLogger(__name__)
 
 
-def make_progress_agent(app: faust.App, by_user: faust.TopicT, runtime: ProgressRuntime) -> None:
+def make_progress_agent(kafka: KafkaApp) -> None:
+    runtime = kafka.runtime
+    size, wait = kafka.batch_size, kafka.batch_wait
+
     async def progress(stream: faust.StreamT[bytes]) -> None:
-        async for record in stream.noack().events():  # type: ignore[attr-defined]
-            await runtime.apply(record)
+        async for records in stream.noack_take(size, within=wait):  # type: ignore[attr-defined]
+            for record in records:
+                try:
+                    await runtime.forwarded(record)
+                except Exception:  # a bug: log it, never stall the partition
+                    log.exception("repartition record failed, skipped")
+                    record.ack()
 
-    app.agent(by_user, name="progress", concurrency=1)(progress)
+    kafka.app.agent(kafka.by_user, name="progress", concurrency=1)(progress)

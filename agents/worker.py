@@ -14,8 +14,8 @@ from app.kafka.topics import Topics
 def build_worker(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     kafka = create_app(settings, config)
     for source in kafka.sources:
-        make_ingest_agent(kafka.app, source.topic, source.event_type, kafka.by_user, source.dlq)
-    make_progress_agent(kafka.app, kafka.by_user, kafka.runtime)
+        make_ingest_agent(kafka, source)
+    make_progress_agent(kafka)
     make_gdpr_agent(
         kafka.app,
         Topics(settings.require_namespace(), settings.kafka_consumer_group),

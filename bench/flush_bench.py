@@ -5,31 +5,108 @@ Measures, for the shipped config/challenges.json:
   2. end-to-end events/s through Pipeline.submit -> buffer -> flusher -> database
      (mixed logins and stat updates over many users, as in production).
 
-Usage:
-  .venv/bin/python bench/flush_bench.py --database-url postgresql://postgres:postgres@127.0.0.1:5432/challenge_db
-  .venv/bin/python bench/flush_bench.py                      # embedded SQLite file
+  3. with --merge (PostgreSQL): the merge statement for 1,000 mixed rows against a plain
+     one-statement unnest upsert of 1,000 rows into the same table, interleaved, each in
+     its own rolled-back transaction; medians of the wall time and, when the server runs
+     on this machine, of the server backend's CPU time (/proc), which a loaded machine
+     disturbs much less than wall time.
+
+Usage (PYTHONPATH=. so this checkout's code is imported):
+  PYTHONPATH=. .venv/bin/python bench/flush_bench.py --database-url postgresql://postgres:postgres@127.0.0.1:5432/challenge_db
+  PYTHONPATH=. .venv/bin/python bench/flush_bench.py --merge --database-url postgresql://...
+  PYTHONPATH=. .venv/bin/python bench/flush_bench.py         # embedded SQLite file
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import tempfile
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import text
 
 from app.core.challenges import load_config
 from app.core.events import Event, EventType
+from app.core.progress import fold
 from app.core.settings import Settings, async_database_url
 from app.pipeline import Pipeline, source_of
 from tables.buffer import Flusher
 from tables.db import make_engine
+from tables.merge_sql import build_statements, postgres_params
 from tables.migrate import upgrade_async
 from tables.writer import Writer
+
+PLAIN_UPSERT = """
+INSERT INTO user_goal_progress AS t (user_id, goal_id, challenge_id, namespace, progress, status)
+SELECT * FROM unnest(CAST(:u AS text[]), CAST(:g AS text[]), CAST(:c AS text[]),
+                     CAST(:n AS text[]), CAST(:p AS int[]), CAST(:s AS text[]))
+ON CONFLICT (user_id, goal_id) DO UPDATE
+SET progress = t.progress + excluded.progress, status = excluded.status, updated_at = now()
+"""
+
+
+def mixed_deltas(config, rows: int, seed: int) -> list:
+    """`rows` pending deltas of a mixed flush (logins and stats over many users)."""
+    deltas: dict = {}
+    for event in make_events(rows * 3, rows, seed=seed):
+        fold(deltas, event, config.goals_for(source_of(event), event.stat_code))
+        if len(deltas) >= rows:
+            break
+    return sorted(deltas.values(), key=lambda d: d.key)[:rows]
+
+
+def backend_cpu_ms(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None  # the server is not on this machine
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+async def merge_vs_plain(engine, config, runs: int) -> None:
+    """Median wall and backend CPU ms: merge statement vs plain upsert, 1,000 rows each."""
+    statement = text(build_statements("postgresql", "auto").postgres or "")
+    plain = text(PLAIN_UPSERT)
+    results: dict[str, tuple[list[float], list[float]]] = {"merge": ([], []), "plain": ([], [])}
+    async with engine.connect() as conn:
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        await conn.rollback()
+        for run in range(runs):
+            chunk = mixed_deltas(config, 1000, seed=100 + run)
+            params = {
+                "merge": postgres_params(chunk),
+                "plain": {
+                    "u": [f"plain-{d.user_id}" for d in chunk],
+                    "g": [d.goal.goal_id for d in chunk],
+                    "c": [d.goal.challenge_id for d in chunk],
+                    "n": [d.namespace for d in chunk],
+                    "p": [1] * len(chunk),
+                    "s": ["in_progress"] * len(chunk),
+                },
+            }
+            for name in ("merge", "plain") if run % 2 else ("plain", "merge"):
+                sql = statement if name == "merge" else plain
+                cpu0, started = backend_cpu_ms(pid), time.perf_counter()
+                await conn.execute(sql, params[name])
+                wall = (time.perf_counter() - started) * 1000
+                cpu1 = backend_cpu_ms(pid)
+                await conn.rollback()
+                if run >= 3:  # after warm-up: prepared statements, generic plans
+                    results[name][0].append(wall)
+                    if cpu0 is not None and cpu1 is not None:
+                        results[name][1].append(cpu1 - cpu0)
+    for name, (walls, cpus) in results.items():
+        cpu = f", backend CPU median {statistics.median(cpus):.1f} ms" if cpus else ""
+        print(f"{name:5s} 1,000 rows: wall median {statistics.median(walls):.1f} ms{cpu}")
+    ratio = statistics.median(results["merge"][0]) / statistics.median(results["plain"][0])
+    print(f"merge / plain upsert (wall medians): {ratio:.2f}")
+
 
 STATS = ("match_wins", "enemy_kills", "player_level")
 
@@ -123,6 +200,9 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument(
+        "--merge", action="store_true", help="merge statement vs plain upsert (PostgreSQL)"
+    )
     args = parser.parse_args()
     url = args.database_url or f"sqlite:///{tempfile.mkdtemp()}/bench.db"
     settings = Settings(database_url=async_database_url("--database-url", url), flush_interval=0.1)
@@ -130,6 +210,9 @@ async def main() -> None:
     await upgrade_async(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
+        if args.merge:
+            await merge_vs_plain(engine, config, args.runs + 3)
+            return
         fresh, updates = await flush_times(engine, config, args.rows, args.runs)
         print(f"database: {url.split('@')[-1]}")
         print(

@@ -1,47 +1,153 @@
 """The in-database merge (SPEC §4, §5.2) as SQL, for PostgreSQL and SQLite.
 
-The rules are those of `app.core.progress.apply_delta`, written once as expressions over
-`c` (the current row: the table row for an UPDATE, constants for a fresh INSERT) and `s`
-(one buffered delta per row of a source relation). Guards (inactive, claimed, stale
-period, same-day repeat) are in the statement's WHERE, so a claim or deactivation by the
-backend between our read and our write is always honoured. Only the source relation and
-a handful of functions differ between the two dialects.
+The rules are those of `app.core.progress.apply_delta`, written once more as a chain of
+named steps (CTEs), one per rule stage, each computing its values once:
 
-PostgreSQL gets one statement per chunk (CTEs: lock rows in key order, advance daily
-marks, update existing rows, insert missing ones, report what happened to each key);
-SQLite (embedded, single writer) runs the same pieces as three statements in the
-caller's transaction.
+    delta       the buffered deltas of one chunk, one row per (user, goal)
+    locked      their existing rows, locked in key order (PostgreSQL: rows another
+                transaction holds are skipped, reported 'c' and carried to the next flush)
+    paired      each delta beside its current row (defaults when there is none yet)
+    periods     claimed? a new rotation period? a stale one? a new day for daily goals?
+    guards      may the row be written (inactive, claimed, stale, counted today), does a
+                claimed row reopen, does a rotation restart it
+    levels      the family rule: the new progress, the baseline candidate, the level
+                the buffered steps start from
+    baselines   relative goals: the baseline and the offset progress counts from
+    reached     the first buffered step that reached the target (a value that reached it
+                and dropped again in the same flush still completed the goal)
+    merged      the new row: status, completed_at, claimed_at, expires_at
+
+Guards live in the statement itself, so a claim or a deactivation by the backend
+between our read and our write is always honoured. Constants (families, statuses,
+INT_MAX) come from app.core; the source relation is built from SOURCE_COLUMNS, which
+also says how the writer reads each column off a Delta.
+
+PostgreSQL runs one statement per chunk: the chain, then data-modifying steps (update,
+insert, daily marks) and a report of one (tag, user_id, goal_id) per key:
+'u' updated, 'i' inserted, 'm' no row (required mode), 'r' inserted concurrently by
+another writer (re-run with a fresh snapshot), 'c' held by another transaction (the row
+is left alone, its daily mark too; the caller carries the delta to the next flush).
+Everything else (a guarded row) is not reported. SQLite (embedded, single writer) runs
+the same chain in three statements in the caller's transaction: update, insert, marks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
-INT_MAX = 2_147_483_647
+import orjson
 
-# Source relation columns, in the order the writer sends them.
-SOURCE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("user_id", "text"),
-    ("goal_id", "text"),
-    ("challenge_id", "text"),
-    ("namespace", "text"),
-    ("family", "int"),
-    ("target", "int"),
-    ("relative", "int"),
-    ("rotating", "int"),
-    ("reset_progress", "int"),
-    ("reselect", "int"),
-    ("amount", "int"),
-    ("value", "int"),
-    ("first_base", "int"),
-    ("first_time", "timestamp"),
-    ("last_time", "timestamp"),
-    ("period_start", "timestamp"),
-    ("period_end", "timestamp"),
-    ("steps", "text"),
+from app.core.events import INT_MAX
+from app.core.progress import CLAIMED, COMPLETED, IN_PROGRESS, NOT_STARTED, Delta, Family
+
+# ------------------------------------------------------------------ the source relation
+
+
+def _sqlite_time(moment: object) -> object:
+    """SQLite stores times as text in this one format (what its strftime compares)."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(moment, datetime) else moment
+
+
+def _steps(delta: Delta) -> str:
+    """(level, event time) of the buffered steps, a JSON array of pairs (ISO times)."""
+    return orjson.dumps(delta.steps).decode()
+
+
+def _top_level(delta: Delta) -> int | None:
+    """The highest buffered level: steps only need a look when it reaches the target."""
+    return delta.steps[-1][0] if delta.steps else None
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    """One column of the source relation: its SQL type and how a Delta gives it."""
+
+    name: str
+    sqltype: str  # PostgreSQL array element type
+    read: Callable[[Delta], object]
+
+
+def _rotation_flag(attribute: str) -> Callable[[Delta], object]:
+    def read(d: Delta) -> object:
+        rotation = d.goal.rotation
+        return int(rotation is not None and bool(getattr(rotation, attribute)))
+
+    return read
+
+
+SOURCE_COLUMNS: tuple[SourceColumn, ...] = (
+    SourceColumn("user_id", "text", lambda d: d.user_id),
+    SourceColumn("goal_id", "text", lambda d: d.goal.goal_id),
+    SourceColumn("challenge_id", "text", lambda d: d.goal.challenge_id),
+    SourceColumn("namespace", "text", lambda d: d.namespace),
+    SourceColumn("family", "int", lambda d: int(d.family)),
+    SourceColumn("target", "int", lambda d: d.goal.target),
+    SourceColumn("relative", "int", lambda d: int(d.goal.relative)),
+    SourceColumn("rotating", "int", lambda d: int(d.goal.rotation is not None)),
+    SourceColumn("reset_progress", "int", _rotation_flag("reset_progress")),
+    SourceColumn("reselect", "int", _rotation_flag("allow_reselection")),
+    SourceColumn("amount", "int", lambda d: d.amount),
+    SourceColumn("value", "int", lambda d: d.value),
+    SourceColumn("first_base", "int", lambda d: d.first_base),
+    SourceColumn("first_time", "timestamp", lambda d: d.first_time),
+    SourceColumn("last_time", "timestamp", lambda d: d.last_time),
+    SourceColumn("period_start", "timestamp", lambda d: d.period_start),
+    SourceColumn("period_end", "timestamp", lambda d: d.period_end),
+    SourceColumn("top_level", "int", _top_level),
+    SourceColumn("steps", "text", _steps),
 )
 
-FAMILY_SET, FAMILY_DAILY, FAMILY_COUNTER_DAILY = 2, 3, 4
+
+_STEPS = [column.name for column in SOURCE_COLUMNS].index("steps")
+_READERS = tuple(column.read for column in SOURCE_COLUMNS)
+
+
+def source_row(delta: Delta) -> list[object]:
+    """One delta as a source row, in SOURCE_COLUMNS order."""
+    return [read(delta) for read in _READERS]
+
+
+def postgres_params(chunk: list[Delta]) -> dict[str, list[object]]:
+    """One array per source column (the statement unnests them)."""
+    return {column.name: [column.read(d) for d in chunk] for column in SOURCE_COLUMNS}
+
+
+def sqlite_params(chunk: list[Delta]) -> dict[str, str]:
+    """One JSON array of rows (the statement reads it with json_each).
+
+    SQLite compares times as text, so every time (steps included) is in its format.
+    """
+    rows = []
+    for delta in chunk:
+        row = [_sqlite_time(value) for value in source_row(delta)]
+        row[_STEPS] = orjson.dumps(
+            [[level, _sqlite_time(moment)] for level, moment in delta.steps]
+        ).decode()
+        rows.append(row)
+    return {"rows": orjson.dumps(rows).decode()}
+
+
+# ------------------------------------------------------------------ dialects
+
+# Columns of the current row the rules read.
+ROW_COLUMNS = (
+    "progress",
+    "status",
+    "completed_at",
+    "claimed_at",
+    "updated_at",
+    "is_active",
+    "expires_at",
+    "baseline_value",
+)
+SET, DAILY, COUNTER_DAILY = int(Family.SET), int(Family.DAILY), int(Family.COUNTER_DAILY)
+KEY = "{a}.user_id = {b}.user_id AND {a}.goal_id = {b}.goal_id"
+
+
+def _key(a: str, b: str) -> str:
+    return KEY.format(a=a, b=b)
 
 
 @dataclass(frozen=True)
@@ -52,143 +158,270 @@ class Dialect:
     def pg(self) -> bool:
         return self.name == "postgresql"
 
-    def least(self, a: str, b: str) -> str:
-        return f"LEAST({a}, {b})" if self.pg else f"MIN({a}, {b})"
-
-    def widen(self, expr: str) -> str:
-        return f"CAST({expr} AS BIGINT)" if self.pg else expr
+    def capped_sum(self, a: str, b: str) -> str:
+        """a + b, at most INT_MAX, without overflowing on the way."""
+        if self.pg:
+            return f"LEAST(CAST({a} AS BIGINT) + {b}, {INT_MAX})"
+        return f"MIN({a} + {b}, {INT_MAX})"
 
     def now(self) -> str:
         if self.pg:
             return "(now() AT TIME ZONE 'UTC')"
         return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
 
-    def true(self) -> str:
-        return "TRUE" if self.pg else "1"
+    def source(self) -> str:
+        """The chunk as a relation (a constant text: prepared once per connection)."""
+        names = ",\n        ".join(column.name for column in SOURCE_COLUMNS)
+        if self.pg:
+            arrays = ",\n        ".join(
+                f"CAST(:{column.name} AS {column.sqltype}[])" for column in SOURCE_COLUMNS
+            )
+            return (
+                f"SELECT *\n    FROM unnest(\n        {arrays}\n    ) AS u(\n        {names}\n    )"
+            )
+        fields = ",\n        ".join(
+            f"json_extract(value, '$[{i}]') AS {column.name}"
+            for i, column in enumerate(SOURCE_COLUMNS)
+        )
+        return f"SELECT\n        {fields}\n    FROM json_each(:rows)"
 
-    def false(self) -> str:
-        return "FALSE" if self.pg else "0"
+    def locked(self) -> str:
+        """Each delta with its current row (row_* columns, NULL when none).
+
+        PostgreSQL locks the rows one index probe at a time, in the chunk's key order
+        (the writer sorts it), skipping rows another transaction holds; SQLite has a
+        single writer and needs no lock.
+        """
+        row = ",\n               ".join(f"x.{c} AS row_{c}" for c in ROW_COLUMNS)
+        if self.pg:
+            return (
+                "SELECT s.*, l.*\n"
+                "    FROM delta AS s\n"
+                "    LEFT JOIN LATERAL (\n"
+                f"        SELECT TRUE AS found, {row}\n"
+                "        FROM user_goal_progress AS x\n"
+                f"        WHERE {_key('x', 's')}\n"
+                "        FOR UPDATE OF x SKIP LOCKED\n"
+                "    ) AS l ON TRUE"
+            )
+        return (
+            f"SELECT s.*, x.user_id IS NOT NULL AS found,\n               {row}\n"
+            "    FROM delta AS s\n"
+            f"    LEFT JOIN user_goal_progress AS x ON {_key('x', 's')}"
+        )
+
+    def held(self) -> str:
+        """True for a row that exists but another transaction holds (not locked)."""
+        return "(h.held IS NOT NULL)" if self.pg else "FALSE"
+
+    def held_probe(self) -> str:
+        """One index probe per key not locked (LIMIT keeps it a probe, not a scan)."""
+        if not self.pg:
+            return ""
+        return (
+            "\n    LEFT JOIN LATERAL (\n"
+            "        SELECT TRUE AS held FROM user_goal_progress AS x\n"
+            f"        WHERE k.found IS NULL AND {_key('x', 'k')} LIMIT 1\n"
+            "    ) AS h ON TRUE"
+        )
 
     def first_step_time(self, need: str) -> str:
         """Event time of the first buffered step whose level reaches `need`."""
         if self.pg:
             return (
-                "(SELECT CAST(e.step->>1 AS TIMESTAMP) "
-                "FROM jsonb_array_elements(CAST(s.steps AS jsonb)) WITH ORDINALITY AS e(step, n) "
-                f"WHERE CAST(e.step->>0 AS BIGINT) >= ({need}) ORDER BY e.n LIMIT 1)"
+                "(SELECT CAST(e.step->>1 AS TIMESTAMP)\n"
+                "                 FROM jsonb_array_elements(CAST(b.steps AS jsonb))\n"
+                "                      WITH ORDINALITY AS e(step, n)\n"
+                f"                 WHERE CAST(e.step->>0 AS BIGINT) >= {need}\n"
+                "                 ORDER BY e.n LIMIT 1)"
             )
         return (
-            "(SELECT json_extract(e.value, '$[1]') FROM json_each(s.steps) AS e "
-            f"WHERE json_extract(e.value, '$[0]') >= ({need}) ORDER BY e.key LIMIT 1)"
+            "(SELECT json_extract(e.value, '$[1]')\n"
+            "                 FROM json_each(b.steps) AS e\n"
+            f"                 WHERE json_extract(e.value, '$[0]') >= {need}\n"
+            "                 ORDER BY e.key LIMIT 1)"
         )
 
-    def source(self) -> str:
-        """The buffered deltas as a relation `s`."""
-        if self.pg:
-            arrays = ", ".join(f"CAST(:{name} AS {sqltype}[])" for name, sqltype in SOURCE_COLUMNS)
-            names = ", ".join(name for name, _ in SOURCE_COLUMNS)
-            return f"SELECT * FROM unnest({arrays}) AS u({names})"
-        fields = ", ".join(
-            f"json_extract(value, '$[{i}]') AS {name}" for i, (name, _) in enumerate(SOURCE_COLUMNS)
-        )
-        return f"SELECT {fields} FROM json_each(:rows)"
+
+# ------------------------------------------------------------------ the rule stages
 
 
-_KEY = "x.user_id = s.user_id AND x.goal_id = s.goal_id"
-
-
-def _merge(d: Dialect, *, fresh: bool) -> tuple[dict[str, str], str]:
-    """SET expressions per column and the guard, against the current row `c`."""
-    false = d.false()
-    if fresh:
-        c = {
-            "progress": "0",
-            "status": "'not_started'",
-            "completed_at": "NULL",
-            "claimed_at": "NULL",
-            "expires_at": "NULL",
-            "baseline_value": "NULL",
-            "updated_at": "NULL",
-        }
-        claimed, new_period, stale = false, false, false
-        new_day = f"(s.family = {FAMILY_DAILY})"
-        restart = "(s.rotating = 1 AND s.reset_progress = 1)"
-    else:
-        c = {
-            k: f"t.{k}"
-            for k in (
-                "progress",
-                "status",
-                "completed_at",
-                "claimed_at",
-                "expires_at",
-                "baseline_value",
-                "updated_at",
-            )
-        }
-        claimed = "(t.status = 'claimed' OR t.claimed_at IS NOT NULL)"
-        new_period = (
-            "(s.rotating = 1 AND ((t.expires_at IS NOT NULL AND s.first_time >= t.expires_at)"
-            " OR (t.expires_at IS NULL AND t.updated_at < s.period_start)))"
-        )
-        stale = (
-            "(s.rotating = 1 AND ((t.expires_at IS NOT NULL AND s.period_end < t.expires_at)"
-            " OR (t.expires_at IS NULL AND t.updated_at >= s.period_end)))"
-        )
-        new_day = (
-            f"(s.family = {FAMILY_DAILY} AND (t.completed_at IS NULL"
-            " OR t.completed_at < s.period_start))"
-        )
-        restart = f"(s.rotating = 1 AND s.reset_progress = 1 AND {new_period})"
-    reopen = f"({claimed} AND ({new_day} OR ({new_period} AND s.reselect = 1)))"
-
-    progress = (
-        f"(CASE s.family WHEN {FAMILY_SET} THEN s.value WHEN {FAMILY_DAILY} THEN 1 "
-        f"ELSE {d.least(d.widen(c['progress']) + ' + s.amount', str(INT_MAX))} END)"
-    )
-    first_base = (
-        f"(CASE s.family WHEN {FAMILY_SET} THEN COALESCE(s.first_base, 0) "
-        f"WHEN {FAMILY_DAILY} THEN 0 ELSE {c['progress']} END)"
-    )
-    base_level = (
-        f"(CASE WHEN s.family IN ({FAMILY_SET}, {FAMILY_DAILY}) THEN 0 ELSE {c['progress']} END)"
-    )
-    baseline = (
-        f"(CASE WHEN s.relative = 1 AND ({restart} OR {c['baseline_value']} IS NULL) "
-        f"THEN {first_base} ELSE {c['baseline_value']} END)"
-    )
-    offset = f"(CASE WHEN s.relative = 1 THEN COALESCE({baseline}, 0) ELSE 0 END)"
-    keep_completed = f"({c['status']} IN ('completed', 'claimed') AND NOT {restart})"
-    fallback = (
-        f"(CASE WHEN s.family = {FAMILY_COUNTER_DAILY} THEN s.first_time ELSE s.last_time END)"
-    )
-    # BIGINT: target + a baseline near INT_MAX must not overflow the INT arithmetic
-    first_step = d.first_step_time(f"{d.widen('s.target')} + {offset} - {base_level}")
-    # A value that reached the target and then dropped within one flush still completed.
-    completes = f"({progress} - {offset} >= s.target OR {first_step} IS NOT NULL)"
-    completion_time = f"COALESCE({first_step}, {fallback})"
-    values = {
-        "progress": progress,
-        "status": (
-            f"(CASE WHEN s.family = {FAMILY_DAILY} OR {keep_completed} OR {completes} "
-            "THEN 'completed' ELSE 'in_progress' END)"
+def _stages(d: Dialect) -> list[tuple[str, str]]:
+    """(name, body) of the read-only steps, in order; each reads the one before."""
+    materialized = "MATERIALIZED "
+    return [
+        ("delta", d.source()),
+        ("locked", d.locked()),
+        (
+            "paired",
+            "SELECT k.*,\n"
+            f"           {d.held()} AS held,\n"
+            f"           k.found IS NOT TRUE AND NOT {d.held()} AS fresh,\n"
+            "           COALESCE(k.row_progress, 0) AS old_progress,\n"
+            f"           COALESCE(k.row_status, '{NOT_STARTED}') AS old_status,\n"
+            "           k.row_completed_at AS old_completed_at,\n"
+            "           k.row_claimed_at AS old_claimed_at,\n"
+            "           k.row_updated_at AS old_updated_at,\n"
+            "           COALESCE(k.row_is_active, TRUE) AS is_active,\n"
+            "           k.row_expires_at AS old_expires_at,\n"
+            "           k.row_baseline_value AS old_baseline,\n"
+            "           m.day AS counted_day\n"
+            "    FROM locked AS k\n"
+            f"    LEFT JOIN challenge_daily_marks AS m ON {_key('m', 'k')}{d.held_probe()}",
         ),
-        "completed_at": (
-            f"(CASE WHEN s.family = {FAMILY_DAILY} THEN s.first_time "
-            f"WHEN {keep_completed} THEN COALESCE({c['completed_at']}, {completion_time}) "
-            f"WHEN {completes} THEN {completion_time} "
-            f"WHEN {restart} THEN NULL ELSE {c['completed_at']} END)"
+        (
+            "periods",
+            "SELECT p.*,\n"
+            f"           (old_status = '{CLAIMED}' OR old_claimed_at IS NOT NULL) AS claimed,\n"
+            "           (rotating = 1 AND NOT fresh AND CASE\n"
+            "               WHEN old_expires_at IS NOT NULL THEN first_time >= old_expires_at\n"
+            "               ELSE old_updated_at < period_start END) AS new_period,\n"
+            "           (rotating = 1 AND NOT fresh AND CASE\n"
+            "               WHEN old_expires_at IS NOT NULL THEN period_end < old_expires_at\n"
+            "               ELSE old_updated_at >= period_end END) AS stale,\n"
+            f"           (family = {DAILY} AND (old_completed_at IS NULL\n"
+            "               OR old_completed_at < period_start)) AS new_day\n"
+            "    FROM paired AS p",
         ),
-        "claimed_at": f"(CASE WHEN {reopen} THEN NULL ELSE {c['claimed_at']} END)",
-        "expires_at": f"(CASE WHEN s.rotating = 1 THEN s.period_end ELSE {c['expires_at']} END)",
-        "baseline_value": baseline,
-        "updated_at": d.now(),
-    }
-    guard = (
-        f"t.is_active AND NOT {stale} AND (s.family <> {FAMILY_DAILY} OR {new_day}) "
-        f"AND (NOT {claimed} OR {reopen})"
+        (
+            "guards",
+            "SELECT p.*,\n"
+            "           (claimed AND (new_day OR (new_period AND reselect = 1))) AS reopen,\n"
+            "           (rotating = 1 AND reset_progress = 1 AND (fresh OR new_period)) AS restart\n"
+            "    FROM periods AS p",
+        ),
+        (
+            "levels",
+            "SELECT g.*,\n"
+            f"           CASE family WHEN {SET} THEN value WHEN {DAILY} THEN 1\n"
+            f"               ELSE {d.capped_sum('old_progress', 'amount')} END AS new_progress,\n"
+            f"           CASE family WHEN {SET} THEN COALESCE(first_base, 0) WHEN {DAILY} THEN 0\n"
+            "               ELSE old_progress END AS first_base_value,\n"
+            f"           CASE WHEN family IN ({SET}, {DAILY}) THEN 0\n"
+            "               ELSE old_progress END AS base_level\n"
+            "    FROM guards AS g\n"
+            "    WHERE NOT held AND is_active AND NOT stale\n"
+            f"      AND (family <> {DAILY} OR new_day)\n"
+            "      AND (NOT claimed OR reopen)\n"
+            f"      AND (family <> {COUNTER_DAILY} OR fresh\n"
+            "           OR counted_day IS NULL OR counted_day < period_start)",
+        ),
+        (
+            "baselines",
+            "SELECT v.*,\n"
+            "           CASE WHEN relative = 1 AND (restart OR old_baseline IS NULL)\n"
+            "               THEN first_base_value ELSE old_baseline END AS new_baseline\n"
+            "    FROM levels AS v",
+        ),
+        (
+            "targets",
+            "SELECT b.*,\n"
+            "           CASE WHEN relative = 1 THEN COALESCE(new_baseline, 0) ELSE 0 END\n"
+            "               AS progress_offset\n"
+            "    FROM baselines AS b",
+        ),
+        (
+            materialized + "reached",
+            "SELECT b.*,\n"
+            "           CASE WHEN top_level >= target + progress_offset - base_level\n"
+            "               THEN "
+            + d.first_step_time("b.target + b.progress_offset - b.base_level")
+            + "\n           END AS step_time\n"
+            "    FROM targets AS b",
+        ),
+        (
+            "outcome",
+            "SELECT r.*,\n"
+            "           (new_progress - progress_offset >= target OR step_time IS NOT NULL)"
+            " AS completes,\n"
+            "           COALESCE(step_time, CASE WHEN family = "
+            f"{COUNTER_DAILY} THEN first_time ELSE last_time END)\n"
+            "               AS completion_time,\n"
+            f"           (old_status IN ('{COMPLETED}', '{CLAIMED}') AND NOT restart)"
+            " AS keep_completed\n"
+            "    FROM reached AS r",
+        ),
+        (
+            materialized + "merged",
+            "SELECT user_id, goal_id, challenge_id, namespace, family, fresh, is_active,\n"
+            "           new_progress,\n"
+            f"           CASE WHEN family = {DAILY} OR keep_completed OR completes\n"
+            f"               THEN '{COMPLETED}' ELSE '{IN_PROGRESS}' END AS new_status,\n"
+            f"           CASE WHEN family = {DAILY} THEN first_time\n"
+            "               WHEN keep_completed THEN COALESCE(old_completed_at, completion_time)\n"
+            "               WHEN completes THEN completion_time\n"
+            "               WHEN restart THEN NULL\n"
+            "               ELSE old_completed_at END AS new_completed_at,\n"
+            "           CASE WHEN reopen THEN NULL ELSE old_claimed_at END AS new_claimed_at,\n"
+            "           CASE WHEN rotating = 1 THEN period_end ELSE old_expires_at END"
+            " AS new_expires_at,\n"
+            "           new_baseline\n"
+            "    FROM outcome",
+        ),
+    ]
+
+
+def _with(stages: list[tuple[str, str]]) -> str:
+    parts = []
+    for label, body in stages:
+        name = label.removeprefix("MATERIALIZED ")
+        hint = "MATERIALIZED " if name != label else ""
+        parts.append(f"{name} AS {hint}(\n    {body}\n)")
+    return "WITH\n" + ",\n".join(parts)
+
+
+def _update(d: Dialect) -> str:
+    # SQLite's RETURNING sees only the target table, and not by its alias.
+    returning = "t.user_id, t.goal_id" if d.pg else "user_id, goal_id"
+    return (
+        "UPDATE user_goal_progress AS t\n"
+        "    SET progress = n.new_progress,\n"
+        "        status = n.new_status,\n"
+        "        completed_at = n.new_completed_at,\n"
+        "        claimed_at = n.new_claimed_at,\n"
+        "        expires_at = n.new_expires_at,\n"
+        "        baseline_value = n.new_baseline,\n"
+        f"        updated_at = {d.now()}\n"
+        "    FROM merged AS n\n"
+        f"    WHERE {_key('t', 'n')} AND NOT n.fresh\n"
+        f"    RETURNING {returning}"
     )
-    return values, guard
+
+
+def _insert(d: Dialect) -> str:
+    now = d.now()
+    return (
+        "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress,\n"
+        "        status, completed_at, claimed_at, created_at, updated_at, is_active,\n"
+        "        assigned_at, expires_at, baseline_value)\n"
+        "    SELECT user_id, goal_id, challenge_id, namespace, new_progress,\n"
+        f"        new_status, new_completed_at, NULL, {now},\n"
+        f"        {now}, TRUE,\n"
+        f"        {now}, new_expires_at, new_baseline\n"
+        "    FROM merged AS n\n"
+        "    WHERE n.fresh\n"
+        "    ORDER BY user_id, goal_id\n"
+        "    ON CONFLICT (user_id, goal_id) DO NOTHING\n"
+        "    RETURNING user_id, goal_id"
+    )
+
+
+def _marks(auto: bool, inserted: str) -> str:
+    """Advance the "counted today" mark of increment+daily goals (SPEC §4).
+
+    Rows we hold (auto mode: any; required mode: active ones) and rows we inserted;
+    never a held ('c') or raced ('r') key, whose delta is written by a later statement.
+    """
+    existing = "NOT p.held AND NOT p.fresh" + ("" if auto else " AND p.is_active")
+    return (
+        "INSERT INTO challenge_daily_marks (user_id, goal_id, day)\n"
+        "    SELECT p.user_id, p.goal_id, p.period_start\n"
+        "    FROM paired AS p\n"
+        f"    WHERE p.family = {COUNTER_DAILY} AND (({existing}){inserted})\n"
+        "    ORDER BY p.user_id, p.goal_id\n"
+        "    ON CONFLICT (user_id, goal_id) DO UPDATE SET day = excluded.day\n"
+        "    WHERE challenge_daily_marks.day < excluded.day"
+    )
 
 
 @dataclass(frozen=True)
@@ -201,111 +434,41 @@ class MergeStatements:
     marks: str | None = None
 
 
-def _update_sql(d: Dialect, gate: str, source_ref: str) -> str:
-    values, guard = _merge(d, fresh=False)
-    sets = ", ".join(f"{col} = {expr}" for col, expr in values.items())
-    return (
-        f"UPDATE user_goal_progress AS t SET {sets} FROM {source_ref} "
-        f"WHERE t.user_id = s.user_id AND t.goal_id = s.goal_id AND {guard} "
-        f"AND (s.family <> {FAMILY_COUNTER_DAILY} OR {gate}) "
-        # SQLite's RETURNING sees only the target table, and not by its alias.
-        + ("RETURNING t.user_id, t.goal_id" if d.pg else "RETURNING user_id, goal_id")
-    )
-
-
-def _insert_sql(d: Dialect) -> str:
-    values, _ = _merge(d, fresh=True)
-    now = d.now()
-    columns = (
-        "user_id, goal_id, challenge_id, namespace, progress, status, completed_at, "
-        "claimed_at, created_at, updated_at, is_active, assigned_at, expires_at, baseline_value"
-    )
-    select = (
-        f"s.user_id, s.goal_id, s.challenge_id, s.namespace, {values['progress']}, "
-        f"{values['status']}, {values['completed_at']}, NULL, {now}, {now}, {d.true()}, "
-        f"{now}, {values['expires_at']}, {values['baseline_value']}"
-    )
-    return (
-        f"INSERT INTO user_goal_progress ({columns}) SELECT {select} FROM s "
-        f"WHERE NOT EXISTS (SELECT 1 FROM user_goal_progress x WHERE {_KEY}) "
-        "ORDER BY s.user_id, s.goal_id "
-        "ON CONFLICT (user_id, goal_id) DO NOTHING RETURNING user_id, goal_id"
-    )
-
-
-def _marks_sql(d: Dialect, auto: bool, writable: str | None = None) -> str:
-    exists = (
-        d.true()
-        if auto
-        else f"EXISTS (SELECT 1 FROM user_goal_progress x WHERE {_KEY} AND x.is_active)"
-    )
-    if writable is not None:  # PostgreSQL: not for rows another transaction holds
-        exists = f"{exists} AND {writable}"
-    return (
-        "INSERT INTO challenge_daily_marks (user_id, goal_id, day) "
-        f"SELECT s.user_id, s.goal_id, s.period_start FROM s WHERE s.family = {FAMILY_COUNTER_DAILY} "
-        f"AND {exists} ORDER BY s.user_id, s.goal_id "
-        "ON CONFLICT (user_id, goal_id) DO UPDATE SET day = excluded.day "
-        "WHERE challenge_daily_marks.day < excluded.day RETURNING user_id, goal_id"
-    )
+def _indent(sql: str) -> str:
+    return sql.replace("\n", "\n    ")
 
 
 def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements:
     d = Dialect(dialect_name)
     auto = assignment_mode == "auto"
-    if d.pg:
-        locked = (
-            "SELECT x.user_id, x.goal_id FROM user_goal_progress x JOIN s ON "
-            f"{_KEY} ORDER BY x.user_id, x.goal_id FOR UPDATE OF x SKIP LOCKED"
+    stages = _stages(d)
+    if not d.pg:
+        chain = _with(stages)
+        return MergeStatements(
+            update=f"{chain}\n{_update(d)}",
+            insert=f"{chain}\n{_insert(d)}" if auto else None,
+            marks=f"{chain}\n{_marks(auto, '')}",
         )
-        # A row held by another transaction (the backend's claim) is skipped, not waited
-        # for: no update, no insert, no daily mark; reported 'c' and carried by the caller.
-        is_locked = (
-            "EXISTS (SELECT 1 FROM locked l WHERE l.user_id = s.user_id AND l.goal_id = s.goal_id)"
-        )
-        row_exists = f"EXISTS (SELECT 1 FROM user_goal_progress x WHERE {_KEY})"
-        writable = f"(NOT {row_exists} OR {is_locked})"
-        gate = (
-            "EXISTS (SELECT 1 FROM marks m WHERE m.user_id = s.user_id AND m.goal_id = s.goal_id)"
-        )
-        update = _update_sql(
-            d, gate, "s JOIN locked l ON l.user_id = s.user_id AND l.goal_id = s.goal_id"
-        )
-        parts = [
-            f"WITH s AS ({d.source()})",
-            f"locked AS ({locked})",
-            f"marks AS ({_marks_sql(d, auto, writable)})",
-            f"upd AS ({update})",
+    writes = [("updated", _update(d))]
+    report = ["SELECT 'u' AS tag, user_id, goal_id FROM updated"]
+    if auto:
+        writes.append(("inserted", _insert(d)))
+        # Every fresh key inserted (no concurrent writer: the usual case) is decided by
+        # two counts, so the per-key look-ups below run only after a race.
+        all_inserted = "(SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)"
+        was_inserted = f"EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'p')})"
+        inserted = f"\n        OR (p.fresh AND ({all_inserted}\n            OR {was_inserted}))"
+        report += [
+            "SELECT 'i', user_id, goal_id FROM inserted",
+            # missing in our snapshot yet not inserted: another writer inserted it
+            f"SELECT 'r', p.user_id, p.goal_id FROM paired AS p\n"
+            f"    WHERE p.fresh AND NOT {all_inserted}\n"
+            f"    AND NOT {was_inserted}",
         ]
-        report = [
-            "SELECT 'u' AS tag, user_id, goal_id FROM upd",
-            f"SELECT 'c', s.user_id, s.goal_id FROM s WHERE {row_exists} AND NOT {is_locked}",
-        ]
-        if auto:
-            parts.append(f"ins AS ({_insert_sql(d)})")
-            report.append("SELECT 'i', user_id, goal_id FROM ins")
-            # Missing in our snapshot yet not inserted: another writer inserted it
-            # concurrently; the caller re-runs these keys with a fresh snapshot.
-            report.append(
-                "SELECT 'r', s.user_id, s.goal_id FROM s WHERE NOT EXISTS "
-                f"(SELECT 1 FROM user_goal_progress x WHERE {_KEY}) AND NOT EXISTS "
-                "(SELECT 1 FROM ins x WHERE x.user_id = s.user_id AND x.goal_id = s.goal_id)"
-            )
-        else:
-            report.append(
-                "SELECT 'm', s.user_id, s.goal_id FROM s WHERE NOT EXISTS "
-                f"(SELECT 1 FROM user_goal_progress x WHERE {_KEY})"
-            )
-        sql = ",\n".join(parts) + "\n" + "\nUNION ALL ".join(report)
-        return MergeStatements(postgres=sql)
-
-    with_s = f"WITH s AS ({d.source()}) "
-    gate = (
-        "COALESCE((SELECT m.day FROM challenge_daily_marks m WHERE m.user_id = s.user_id "
-        "AND m.goal_id = s.goal_id), '') < s.period_start"
-    )
-    return MergeStatements(
-        update=with_s + _update_sql(d, gate, "s"),
-        insert=(with_s + _insert_sql(d)) if auto else None,
-        marks=with_s + _marks_sql(d, auto),
-    )
+    else:
+        inserted = ""
+        report.append("SELECT 'm', user_id, goal_id FROM paired WHERE fresh")
+    writes.append(("marks", _marks(auto, inserted)))
+    report.append("SELECT 'c', user_id, goal_id FROM paired WHERE held")
+    chain = _with(stages + [(name, _indent(body)) for name, body in writes])
+    return MergeStatements(postgres=chain + "\n" + "\nUNION ALL\n".join(report))

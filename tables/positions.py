@@ -7,7 +7,12 @@ Rows of `challenge_consumer_offsets`:
   between forwarding and committing the source offset) carries an old source offset and
   is dropped.
 
-Both are upserted by the flush transaction that writes the rows, so after any crash the
+- (group, source topic, source partition) -> next SOURCE offset applied directly: a
+  record keyed by its user id (what AGS produces) skips the repartition hop and is
+  applied from the source partition; one position per source partition suffices because
+  those records are applied in offset order.
+
+All are upserted by the flush transaction that writes the rows, so after any crash the
 database says exactly which records are already in it.
 """
 
@@ -43,6 +48,24 @@ class PartitionPositions:
         self.next_offset = offset + 1
         if source_offset + 1 > self.sources.get(source, 0):
             self.sources[source] = source_offset + 1
+
+
+async def load_direct(engine: AsyncEngine, group: str, topic: str, partition: int) -> int:
+    """Next source offset to apply directly (0: none applied yet); once per assignment."""
+    t = offsets.c
+    query = select(t.next_offset).where(
+        (t.consumer_group == group) & (t.topic == topic) & (t.partition == partition)
+    )
+    async with engine.connect() as conn:
+        found = (await conn.execute(query)).scalar()
+    return int(found) if found is not None else 0
+
+
+def direct_rows(group: str, changed: Mapping[SourceTP, int]) -> list[dict[str, object]]:
+    return [
+        {"consumer_group": group, "topic": topic, "partition": partition, "next_offset": offset}
+        for (topic, partition), offset in sorted(changed.items())
+    ]
 
 
 def source_group(group: str, partition: int) -> str:

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.core.progress import Delta
 from tables.db import OUTAGE, RETRY, classify
 from tables.event_ids import EventClaim, storable
-from tables.merge_sql import SOURCE_COLUMNS, build_statements
+from tables.merge_sql import build_statements, postgres_params, sqlite_params
 from tables.schema import challenge_dead_letters
 
 log = logging.getLogger(__name__)
@@ -143,43 +143,6 @@ def rounds_of(deltas: Sequence[Delta]) -> list[list[Delta]]:
     return rounds
 
 
-def _sqlite_time(moment: object) -> object:
-    """SQLite stores times as text in this one format (what its strftime compares)."""
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(moment, datetime) else moment
-
-
-def _steps_json(delta: Delta) -> str:
-    return orjson.dumps([[level, _sqlite_time(moment)] for level, moment in delta.steps]).decode()
-
-
-SourceRow = tuple[object, ...]
-
-
-def _source_row(delta: Delta) -> SourceRow:
-    goal = delta.goal
-    rotation = goal.rotation
-    return (
-        delta.user_id,
-        goal.goal_id,
-        goal.challenge_id,
-        delta.namespace,
-        int(delta.family),
-        goal.target,
-        int(goal.relative),
-        int(rotation is not None),
-        int(rotation is not None and rotation.reset_progress),
-        int(rotation is not None and rotation.allow_reselection),
-        delta.amount,
-        delta.value,
-        delta.first_base,
-        delta.first_time,
-        delta.last_time,
-        delta.period_start,
-        delta.period_end,
-        _steps_json(delta),
-    )
-
-
 @functools.cache
 def _clause(statement: str) -> TextClause:
     """Parsed once: `text()` scans the statement for bind parameters on every call."""
@@ -194,9 +157,6 @@ def _letter(source: str, delta: Delta, reason: str) -> dict[str, object]:
         "reason": reason[:2000],
         "payload": repr(delta),
     }
-
-
-_TIME_COLUMNS = [i for i, (_, sqltype) in enumerate(SOURCE_COLUMNS) if sqltype == "timestamp"]
 
 
 class Writer:
@@ -428,26 +388,24 @@ class Writer:
                 )
 
     async def _chunk(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult) -> None:
-        rows = [_source_row(d) for d in chunk]
         if self.statements.postgres is not None:
-            await self._postgres(conn, self.statements.postgres, chunk, rows, result)
+            await self._postgres(conn, self.statements.postgres, chunk, result)
         else:
-            await self._sqlite(conn, rows, result)
+            await self._sqlite(conn, chunk, result)
 
     async def _postgres(
         self,
         conn: AsyncConnection,
         statement: str,
         chunk: list[Delta],
-        rows: list[SourceRow],
         result: WriteResult,
     ) -> None:
         by_key = {d.key: d for d in chunk}
+        pending = chunk
         for _attempt in range(5):
-            params = {name: [row[i] for row in rows] for i, (name, _) in enumerate(SOURCE_COLUMNS)}
-            reported = (await conn.execute(_clause(statement), params)).all()
+            reported = (await conn.execute(_clause(statement), postgres_params(pending))).all()
             result.statements += 1
-            raced: list[Delta] = []
+            again: list[Delta] = []
             for tag, user_id, goal_id in reported:
                 if tag == "u":
                     result.updated += 1
@@ -457,21 +415,17 @@ class Writer:
                     result.missing += 1
                 elif tag == "c":
                     result.carried.append(by_key[(user_id, goal_id)])
-                else:
-                    raced.append(by_key[(user_id, goal_id)])
-            if not raced:
+                else:  # 'r' raced insert: re-run with a fresh snapshot
+                    again.append(by_key[(user_id, goal_id)])
+            if not again:
                 return
-            rows = [_source_row(d) for d in raced]
-        raise TransientWriteError(f"{len(raced)} rows kept racing with concurrent inserts")
+            pending = again
+        raise TransientWriteError(
+            f"{len(pending)} rows kept racing with concurrent inserts", kind=RETRY
+        )
 
-    async def _sqlite(
-        self, conn: AsyncConnection, rows: list[SourceRow], result: WriteResult
-    ) -> None:
-        encoded = [list(row) for row in rows]
-        for row in encoded:
-            for i in _TIME_COLUMNS:
-                row[i] = _sqlite_time(row[i])
-        params = {"rows": orjson.dumps(encoded).decode()}
+    async def _sqlite(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult) -> None:
+        params = sqlite_params(chunk)
         statements = self.statements
         assert statements.update is not None and statements.marks is not None
         result.updated += len((await conn.execute(_clause(statements.update), params)).all())
@@ -480,7 +434,7 @@ class Writer:
             result.inserted += len((await conn.execute(_clause(statements.insert), params)).all())
             result.statements += 1
         else:  # required mode: count the keys that have no row
-            keys = [(r[0], r[1]) for r in rows]
+            keys = [d.key for d in chunk]
             existing = await conn.execute(
                 text(
                     "SELECT count(*) FROM user_goal_progress x JOIN json_each(:keys) k "

@@ -159,6 +159,8 @@ class Settings:
     kafka_repartition_partitions: int = 8
     kafka_session_timeout: float = 10.0
     kafka_source_partitions: int = 4  # for topics the worker creates when missing
+    kafka_batch_size: int = 1000  # records an agent takes at a time
+    kafka_batch_wait: float = 0.05  # longest wait to fill a batch
 
     @property
     def is_sqlite(self) -> bool:
@@ -199,6 +201,8 @@ class Settings:
             kafka_repartition_partitions=e.count("KAFKA_REPARTITION_PARTITIONS", "8"),
             kafka_session_timeout=e.duration("KAFKA_SESSION_TIMEOUT", "10s"),
             kafka_source_partitions=e.count("KAFKA_SOURCE_PARTITIONS", "4"),
+            kafka_batch_size=e.count("KAFKA_BATCH_SIZE", "1000"),
+            kafka_batch_wait=e.duration("KAFKA_BATCH_WAIT", "50ms"),
         )
 
     def require_namespace(self) -> str:

@@ -1,7 +1,9 @@
 """The Faust app of Kafka mode: topics and the core pipeline the agents feed.
 
-    source topics --ingest agents--> <ns>.<group>.events-by-user --progress agent-->
-    core Pipeline (namespace filter, goal index, dedup, buffer) --flusher--> Writer
+    source topics --ingest agents--+-- keyed by user id ------------------------+
+                                   +-- other keys --> <ns>.<group>.events-by-user --progress agent--+
+                                                                                                    v
+    core Pipeline (namespace filter, goal index, dedup, buffer) --flusher--> Writer (rows + positions)
 
 The agents themselves live in `agents/` and are attached by `agents.worker`. Faust's web
 server is off (nothing of ours is served there, and no table views); the dedup buffer is
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.sensors.monitor import Monitor
 
 from app.core.challenges import ChallengeConfig
 from app.core.events import EventType
@@ -32,6 +35,29 @@ RAW: dict[str, Any] = {
     "key_serializer": "raw",
     "value_serializer": "raw",
 }
+
+
+class PerRecordQuietMonitor(Monitor):
+    """Faust's monitor without its per-record bookkeeping.
+
+    The default monitor times every message in and out of every stream (dicts and deques
+    updated per record) for Faust's web views, which this worker does not serve; our own
+    metrics are per batch and per flush. Commit, send, rebalance hooks stay as they are.
+    """
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -51,6 +77,8 @@ class KafkaApp:
     sources: tuple[SourceTopic, ...]
     by_user: faust.TopicT
     runtime: ProgressRuntime
+    batch_size: int
+    batch_wait: float
 
 
 def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
@@ -74,7 +102,13 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         broker_session_timeout=session,
         broker_heartbeat_interval=max(1.0, session / 5),
         stream_wait_empty=True,
+        # A few batches per stream. Larger buffers let one source stream's backlog hold
+        # the fetcher (it waits to put into a full stream) and starve the repartition
+        # stream behind it; unacked records stay bounded by BUFFER_MAX_SIZE backpressure.
+        stream_buffer_maxsize=4 * settings.kafka_batch_size,
+        broker_max_poll_records=settings.kafka_batch_size,
         worker_redirect_stdouts=False,
+        monitor=PerRecordQuietMonitor(),
     )
     book = PositionBook(topics.group, topics.repartition)
     # event ids recorded with the rows: a duplicate id at another offset (a producer retry)
@@ -101,7 +135,10 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stubs reject async receivers
     async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
         kafka_metrics.READY.set(0)
-        book.forget({tp.partition for tp in revoked if tp.topic == topics.repartition})
+        book.forget(
+            {tp.partition for tp in revoked if tp.topic == topics.repartition},
+            {(tp.topic, tp.partition) for tp in revoked if tp.topic in topics.sources},
+        )
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stubs reject async receivers
     async def on_rebalanced(sender: faust.App, **_: Any) -> None:
@@ -112,4 +149,6 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         kafka_metrics.READY.set(0)
         await pipeline.close()
 
-    return KafkaApp(app, sources, by_user, runtime)
+    return KafkaApp(
+        app, sources, by_user, runtime, settings.kafka_batch_size, settings.kafka_batch_wait
+    )

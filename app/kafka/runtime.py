@@ -1,9 +1,12 @@
-"""State of the progress agent: positions per owned partition and the pending acks.
+"""What the agents apply to the pipeline: positions per owned partition, pending acks.
 
-Records are acked to Faust only after the flush holding their effect has committed, so
-Faust's own committed offsets never run ahead of the database. The positions that make
-the effect exactly-once are written by that same flush (tables/positions.py); records
-at or below them (redelivered after a crash or rebalance) are dropped.
+Two paths reach the pipeline: records keyed by their user id straight from the source
+partition (`direct`), and records forwarded through the repartition topic
+(`forwarded`). Either way a record is acked to Faust only after the flush holding its
+effect has committed, so Faust's own committed offsets never run ahead of the database.
+The positions that make the effect exactly-once are written by that same flush
+(tables/positions.py); records below them (redelivered after a crash or rebalance) are
+dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential_jitter
 
 from app.core.challenges import ChallengeConfig
+from app.core.events import Event
 from app.core.latest import LatestValues
 from app.kafka import metrics as kafka_metrics
 from app.kafka.codec import decode
@@ -29,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class PositionBook:
-    """Positions of the repartition partitions this worker owns, and which changed.
+    """Positions of the partitions this worker applies, and which changed.
 
     `extra_for` is handed to the pipeline's flusher: when a flush takes a generation it
     stores exactly the positions of the records folded into it (and earlier), and acks
@@ -39,15 +43,17 @@ class PositionBook:
     def __init__(self, group: str, topic: str):
         self.group = group
         self.topic = topic
-        self.positions: dict[int, pos.PartitionPositions] = {}
+        self.positions: dict[int, pos.PartitionPositions] = {}  # repartition partitions
         self.dirty: set[int] = set()
+        self.direct: dict[pos.SourceTP, int] = {}  # source partitions applied directly
+        self.dirty_direct: set[pos.SourceTP] = set()
 
     def extra_for(self, generation: Generation) -> Extra | None:
         """Called by the flusher when it takes a generation (before any await)."""
         acks: list[faust.EventT[bytes]] = generation.meta.get("acks", [])
         if acks:
             generation.done.add_done_callback(lambda _f: _ack_all(acks))
-        if not self.dirty:
+        if not self.dirty and not self.dirty_direct:
             return None
         changed = {
             p: pos.PartitionPositions(
@@ -56,19 +62,24 @@ class PositionBook:
             for p in self.dirty
             if p in self.positions
         }
+        direct = {tp: self.direct[tp] for tp in self.dirty_direct if tp in self.direct}
         self.dirty.clear()
-        rows = pos.rows_for(self.group, self.topic, changed)
+        self.dirty_direct.clear()
+        rows = pos.rows_for(self.group, self.topic, changed) + pos.direct_rows(self.group, direct)
 
         async def store(conn: AsyncConnection) -> None:
             await pos.store(conn, rows)
 
         return store
 
-    def forget(self, partitions: set[int]) -> None:
+    def forget(self, partitions: set[int], sources: set[pos.SourceTP]) -> None:
         """Partitions revoked: Faust has waited for all their acks (= our commits)."""
         for p in partitions:
             self.positions.pop(p, None)
             self.dirty.discard(p)
+        for tp in sources:
+            self.direct.pop(tp, None)
+            self.dirty_direct.discard(tp)
 
 
 class ProgressRuntime:
@@ -84,7 +95,28 @@ class ProgressRuntime:
         self.pipeline.config = config
         self.latest = LatestValues(config)
 
-    async def apply(self, record: faust.EventT[bytes]) -> None:
+    async def direct(self, record: faust.EventT[bytes], event: Event) -> None:
+        """A source record keyed by its user id: applied without the repartition hop."""
+        message = record.message
+        tp = (message.topic, message.partition)
+        book = self.book
+        next_offset = book.direct.get(tp)
+        if next_offset is None:
+            next_offset = book.direct[tp] = await self._load_direct(tp)
+        if message.offset < next_offset:
+            kafka_metrics.REDELIVERED.labels("direct").inc()
+        elif self.latest.stale(event):
+            kafka_metrics.LATE.inc()
+        else:
+            await self.pipeline.submit(event)
+        # No await from submit's return to here (see `forwarded`).
+        if message.offset >= next_offset:
+            book.direct[tp] = message.offset + 1
+            book.dirty_direct.add(tp)
+        self._pending(record)
+
+    async def forwarded(self, record: faust.EventT[bytes]) -> None:
+        """A record of the repartition topic (forwarded by an ingest agent)."""
         message = record.message
         partition, offset = message.partition, message.offset
         positions = self.book.positions.get(partition)
@@ -119,6 +151,25 @@ class ProgressRuntime:
         self.book.dirty.add(partition)
         self._pending(record)
 
+    async def _load_direct(self, tp: pos.SourceTP) -> int:
+        """Next directly applied offset of a newly owned source partition."""
+        book = self.book
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            stop=stop_never,
+            before_sleep=_log_retry("loading source positions failed, retrying", tp[1]),
+            reraise=True,
+        ):
+            with attempt:
+                found = await pos.load_direct(self.pipeline.engine, book.group, *tp)
+                log.info(
+                    "source partition positions loaded",
+                    extra={"topic": tp[0], "partition": tp[1], "next_offset": found},
+                )
+                return found
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
     async def _load(self, partition: int) -> pos.PartitionPositions:
         """Positions of a newly owned partition; waits out a database outage."""
         book = self.book
@@ -134,8 +185,12 @@ class ProgressRuntime:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _pending(self, record: faust.EventT[bytes]) -> None:
+        """Ack once the flush of the current generation (holding the record) commits."""
         generation = self.pipeline.flusher.generation()
-        generation.meta.setdefault("acks", []).append(record)
+        acks = generation.meta.get("acks")
+        if acks is None:
+            acks = generation.meta["acks"] = []
+        acks.append(record)
 
 
 def _log_retry(message: str, partition: int) -> Any:

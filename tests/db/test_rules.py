@@ -5,6 +5,11 @@ Every test runs twice through the `engine` fixture: once per database.
 
 from __future__ import annotations
 
+from sqlalchemy import text
+
+from app.core.progress import fold
+from app.pipeline import source_of
+from tables.merge_sql import build_statements, postgres_params
 from tests.helpers.support import (
     comparable,
     config,
@@ -424,3 +429,50 @@ async def test_replay_of_three_past_days_in_one_flush_equals_live_processing(eng
     assert live[("u1", "streak")]["progress"] == 3
     assert live[("u1", "daily-login")]["completed_at"] == ts("2026-11-20 08:00")
     assert live[("u1", "win-5")]["completed_at"] == ts("2026-11-19 21:00")
+
+
+# ----------------------------------------------------------------- lock-skip contract
+
+
+async def test_row_held_by_another_transaction_is_reported_and_left_alone(pg_engine):
+    """`FOR UPDATE SKIP LOCKED`: a held row is tagged 'c', neither updated nor inserted,
+    its daily mark not advanced; every other key of the chunk is written."""
+    cfg = config(
+        goal("streak", "login", target=5, type="increment", daily=True),
+        goal("logins", "login", target=5),
+    )
+    await flush(
+        pg_engine, cfg, [login("held", "2026-11-20 10:00"), login("free", "2026-11-20 10:00")]
+    )
+    deltas: dict = {}
+    for user in ("held", "free", "new"):
+        event = login(user, "2026-11-21 10:00")
+        fold(deltas, event, cfg.goals_for(source_of(event), ""))
+    chunk = sorted(deltas.values(), key=lambda d: d.key)
+    statement = build_statements("postgresql", "auto").postgres
+    assert statement is not None
+    async with pg_engine.connect() as holder:
+        await holder.execute(
+            text("SELECT 1 FROM user_goal_progress WHERE user_id = 'held' FOR UPDATE")
+        )
+        async with pg_engine.begin() as conn:
+            reported = (await conn.execute(text(statement), postgres_params(chunk))).all()
+        await holder.rollback()
+    tags = {(user, goal_id): tag for tag, user, goal_id in reported}
+    assert tags == {
+        ("held", "logins"): "c",
+        ("held", "streak"): "c",
+        ("free", "logins"): "u",
+        ("free", "streak"): "u",
+        ("new", "logins"): "i",
+        ("new", "streak"): "i",
+    }
+    assert (await row(pg_engine, "held", "logins")).progress == 1
+    assert (await row(pg_engine, "held", "streak")).progress == 1
+    assert (await row(pg_engine, "free", "streak")).progress == 2
+    async with pg_engine.connect() as conn:
+        marks = dict(
+            (await conn.execute(text("SELECT user_id, day FROM challenge_daily_marks"))).all()
+        )
+    assert marks["held"] == ts("2026-11-20 00:00")  # not advanced while held
+    assert marks["free"] == marks["new"] == ts("2026-11-21 00:00")

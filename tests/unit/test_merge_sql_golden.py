@@ -1,0 +1,76 @@
+"""The generated merge SQL, compared with checked-in golden files.
+
+A change to the statement shows up as a readable diff of tests/unit/golden/*.sql in
+review. After an intended change, regenerate them and commit the diff:
+
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest -m unit tests/unit/test_merge_sql_golden.py
+
+The rules themselves are proven elsewhere: tests/db/test_property.py (SQL == the Python
+oracle on both databases) and tests/db/test_rules.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app.core.events import INT_MAX
+from app.core.progress import Family
+from tables.merge_sql import SOURCE_COLUMNS, build_statements
+
+GOLDEN = Path(__file__).parent / "golden"
+CASES = [(dialect, mode) for dialect in ("postgresql", "sqlite") for mode in ("auto", "required")]
+
+
+def render(dialect: str, mode: str) -> str:
+    statements = build_statements(dialect, mode)
+    parts = [
+        f"-- {name}\n{sql};\n"
+        for name, sql in (
+            ("postgres", statements.postgres),
+            ("update", statements.update),
+            ("insert", statements.insert),
+            ("marks", statements.marks),
+        )
+        if sql is not None
+    ]
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize(("dialect", "mode"), CASES)
+def test_generated_sql_matches_golden_file(dialect: str, mode: str) -> None:
+    path = GOLDEN / f"merge_{dialect}_{mode}.sql"
+    text = render(dialect, mode)
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing {path}: run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{path.name} differs: review, then UPDATE_GOLDEN=1"
+
+
+@pytest.mark.parametrize(("dialect", "mode"), CASES)
+def test_constants_come_from_core(dialect: str, mode: str) -> None:
+    """The family numbers and the int cap in the SQL are the ones app.core defines."""
+    text = render(dialect, mode)
+    assert f"family = {int(Family.DAILY)}" in text
+    assert f"family <> {int(Family.COUNTER_DAILY)}" in text
+    assert f"WHEN {int(Family.SET)} THEN value" in text
+    assert str(INT_MAX) in text
+
+
+def test_every_source_column_reaches_the_statement() -> None:
+    pg = build_statements("postgresql", "auto").postgres
+    sqlite = build_statements("sqlite", "auto").update
+    assert pg is not None and sqlite is not None
+    for i, column in enumerate(SOURCE_COLUMNS):
+        assert f"CAST(:{column.name} AS {column.sqltype}[])" in pg
+        assert f"json_extract(value, '$[{i}]') AS {column.name}" in sqlite
+
+
+def test_statement_is_pretty_printed() -> None:
+    pg = build_statements("postgresql", "auto").postgres
+    assert pg is not None
+    longest = max(len(line) for line in pg.splitlines())
+    assert pg.count("\n") > 100
+    assert longest < 120, longest
