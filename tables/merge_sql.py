@@ -164,6 +164,10 @@ class Dialect:
             return f"LEAST(CAST({a} AS BIGINT) + {b}, {INT_MAX})"
         return f"MIN({a} + {b}, {INT_MAX})"
 
+    def bigint(self, expr: str) -> str:
+        """`expr` as a 64-bit integer (SQLite's integers already are)."""
+        return f"CAST({expr} AS BIGINT)" if self.pg else expr
+
     def now(self) -> str:
         if self.pg:
             return "(now() AT TIME ZONE 'UTC')"
@@ -315,8 +319,11 @@ def _stages(d: Dialect) -> list[tuple[str, str]]:
         ),
         (
             "targets",
+            # 64-bit: target + a baseline near INT_MAX must not overflow the INT columns
             "SELECT b.*,\n"
-            "           CASE WHEN relative = 1 THEN COALESCE(new_baseline, 0) ELSE 0 END\n"
+            "           CASE WHEN relative = 1 THEN "
+            + d.bigint("COALESCE(new_baseline, 0)")
+            + " ELSE 0 END\n"
             "               AS progress_offset\n"
             "    FROM baselines AS b",
         ),

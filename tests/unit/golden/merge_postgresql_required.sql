@@ -123,7 +123,7 @@ baselines AS (
 ),
 targets AS (
     SELECT b.*,
-           CASE WHEN relative = 1 THEN COALESCE(new_baseline, 0) ELSE 0 END
+           CASE WHEN relative = 1 THEN CAST(COALESCE(new_baseline, 0) AS BIGINT) ELSE 0 END
                AS progress_offset
     FROM baselines AS b
 ),
