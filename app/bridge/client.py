@@ -64,6 +64,10 @@ def send(target: str, message: Any, timeout: float = 30.0) -> CallResult:
     with grpc.insecure_channel(target) as channel:
         if isinstance(message, protos.login_pb2.UserLoggedIn):
             stub = protos.login_grpc.UserAuthenticationUserLoggedInServiceStub(channel)
+        elif isinstance(message, protos.gdpr_pb2.GdprRequestDataDeletionResponse):
+            stub = protos.gdpr_grpc.DeletionAccountGdprGdprRequestDataDeletionResponseServiceStub(
+                channel
+            )
         else:
             stub = protos.stat_grpc.StatisticStatItemUpdatedServiceStub(channel)
         started = time.perf_counter()

@@ -20,7 +20,6 @@ import grpc
 from google.protobuf import empty_pb2
 
 from app.bridge import wire
-from app.bridge.client import CallResult
 from app.core.events import InvalidEvent, validate_identity
 from app.core.settings import Settings
 from app.observability import metrics
@@ -142,18 +141,3 @@ def gdpr_message(user: str, namespace: str, event_id: str | None = None) -> Any:
             deletion_gdpr=pb.DeletionGDPR(user_id=user, namespace=namespace)
         ),
     )
-
-
-def send_gdpr(target: str, message: Any, timeout: float = 30.0) -> CallResult:
-    """One blocking OnMessage call to the GDPR service."""
-    with grpc.insecure_channel(target) as channel:
-        stub = protos.gdpr_grpc.DeletionAccountGdprGdprRequestDataDeletionResponseServiceStub(
-            channel
-        )
-        started = time.perf_counter()
-        try:
-            stub.OnMessage(message, timeout=timeout)
-            code, text = grpc.StatusCode.OK, ""
-        except grpc.RpcError as exc:
-            code, text = exc.code(), exc.details() or ""
-        return CallResult(code, text, time.perf_counter() - started)

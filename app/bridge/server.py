@@ -38,20 +38,13 @@ from app.core.events import Event, InvalidEvent
 from app.core.settings import Settings
 from app.observability import metrics
 from app.pipeline import Pipeline, reload_config
-from proto.build import load as load_protos
 from tables.buffer import ABORTED, COMMITTED, BufferFull, Closed
 from tables.db import make_engine
 from tables.migrate import upgrade_async, wait_for_progress_table
 
 log = logging.getLogger(__name__)
 
-protos = load_protos()
-LOGIN_SERVICE = protos.login_pb2.DESCRIPTOR.services_by_name[
-    "UserAuthenticationUserLoggedInService"
-].full_name
-STAT_SERVICE = protos.stat_pb2.DESCRIPTOR.services_by_name[
-    "StatisticStatItemUpdatedService"
-].full_name
+LOGIN_SERVICE, STAT_SERVICE = wire.LOGIN_SERVICE, wire.STAT_SERVICE
 LOGIN_METHOD = f"/{LOGIN_SERVICE}/OnMessage"
 STAT_METHOD = f"/{STAT_SERVICE}/OnMessage"
 EMPTY = empty_pb2.Empty()

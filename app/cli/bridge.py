@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from app.bridge.client import login_message, send, stat_message
-from app.bridge.gdpr import gdpr_message, send_gdpr
+from app.bridge.gdpr import gdpr_message
 from app.bridge.server import serve
 from app.bridge.workers import supervise
 from app.core.challenges import load_config
@@ -60,10 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     namespace = args.namespace or os.environ.get("AB_NAMESPACE") or "mygame"
     if args.kind == "gdpr":
-        result = send_gdpr(args.target, gdpr_message(args.user, namespace, args.id), args.timeout)
-        print(result.describe())
-        return 0 if result.code.name == "OK" else 1
-    if args.kind == "login":
+        message = gdpr_message(args.user, namespace, args.id)
+    elif args.kind == "login":
         message = login_message(args.user, namespace, args.id, args.timestamp)
     else:
         message = stat_message(
