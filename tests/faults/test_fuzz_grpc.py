@@ -362,7 +362,10 @@ async def test_grpc_fuzz_hostile_values_and_random_bytes(pg_url: str, tmp_path: 
         assert server.terminate() == 0
         log = server.log_text()
         assert "Traceback" not in log
-        assert len(log.splitlines()) < 300, "a log line per call"
+        # one info line per flush is the contract (SPEC §7), and group commit flushes
+        # small groups at this rate; anything else must not grow with the calls
+        other = [line for line in log.splitlines() if '"flush committed"' not in line]
+        assert len(other) < 100, "a log line per call"
         print(
             f"\ngRPC fuzz: sent={total} (hostile={len(messages)}, random bytes={len(bodies)}, "
             f"sequenced={total - len(messages) - len(bodies)}) "

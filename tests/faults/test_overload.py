@@ -44,30 +44,36 @@ async def _call(stub, message, timeout: float = 60.0) -> tuple[grpc.StatusCode, 
         return exc.code(), exc.details() or "", time.perf_counter() - started
 
 
-async def test_calls_past_the_limit_are_shed_at_once_and_counted(pg_url: str, tmp_path: Path):
-    # durable acks wait for a flush every 5 s: the first 50 calls stay in flight that long
-    env = server_env(
-        pg_url,
-        write_config(tmp_path),
-        GRPC_MAX_CONCURRENT_RPCS="50",
-        BUFFER_FLUSH_INTERVAL="5s",
-    )
+async def test_calls_past_the_limit_are_shed_at_once_and_counted(
+    pg_url: str, tmp_path: Path, row_lock
+):
+    # Durable calls of a user whose rows another session holds stay in flight (their
+    # rows are carried from flush to flush) until the lock is released: the first 50
+    # calls fill GRPC_MAX_CONCURRENT_RPCS, the other 250 must be shed at once.
+    env = server_env(pg_url, write_config(tmp_path), GRPC_MAX_CONCURRENT_RPCS="50")
     server = Server(env, tmp_path / "serve.log").start()
     try:
         await server.wait_health(SERVING)
-        people = users(300)
+        (held,) = users(1)
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub = pb.login_grpc.UserAuthenticationUserLoggedInServiceStub(channel)
-            results = await asyncio.gather(*(_call(stub, login(u)) for u in people))
+            assert (await _call(stub, login(held)))[0] is OK  # its rows exist now
+            async with row_lock([held]) as lock:
+                assert lock.locked > 0
+                calls = asyncio.gather(*(_call(stub, login(held)) for _ in range(300)))
+                deadline = time.monotonic() + 30
+                shed_total = "challenge_event_handler_grpc_shed_total"
+                while await server.metric(shed_total, 'reason="in_flight"') < 250:
+                    assert time.monotonic() < deadline, "calls were not shed"
+                    await asyncio.sleep(0.1)
+            results = await calls  # the lock is released: the 50 in flight commit
         answered = codes((code, details) for code, details, _ in results)
         assert answered == {"OK": 50, "RESOURCE_EXHAUSTED": 250}, answered
         shed = [(d, s) for code, d, s in results if code is EXHAUSTED]
         assert {d for d, _ in shed} == {"server overloaded: too many calls in flight, retry"}
-        assert max(s for _, s in shed) < 3.0  # refused at once, not after the 5 s flush
-        # a shed call changed nothing; an OK'd one is committed
-        written = await progress(pg_url, people, "logins")
-        ok_users = {u for u, (code, _, _) in zip(people, results, strict=True) if code is OK}
-        assert written == dict.fromkeys(ok_users, 1)
+        assert max(s for _, s in shed) < 3.0  # refused at once, not after the lock
+        # a shed call changed nothing; every OK'd one is committed
+        assert await progress(pg_url, [held], "logins") == {held: 1 + 50}
         body = await server.metrics()
         method = "/accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService/OnMessage"
         assert sample_value(body, REQUESTS, f'code="RESOURCE_EXHAUSTED",method="{method}"') == 250
