@@ -312,6 +312,17 @@ class Flusher:
         for waiters in self._held.values():
             waiters.settle(ABORTED)
 
+    async def barrier(self) -> None:
+        """Return once everything taken for writing before this call has been written
+        (GDPR deletion). Waits for one empty generation flushed after them, not for
+        later traffic nor for other users' carried rows."""
+        if self._task is None:
+            await self._flush_all()
+            return
+        generation = self.generation()
+        self.request_flush()
+        await asyncio.shield(generation.done)
+
     async def flush_now(self) -> None:
         """Flush everything buffered and carried so far, and wait (replay, tests)."""
         if self._task is None:
@@ -328,8 +339,10 @@ class Flusher:
     def _due_in(self) -> float | None:
         """Seconds until the next flush is due (0: now); None: nothing to flush."""
         generation = self.current
-        if self._closing:
-            return 0.0 if generation is not None or self._carry else None
+        if self._closing:  # flush what is buffered now; held rows at their retry pace
+            if generation is not None:
+                return 0.0
+            return max(0.0, self._carry_due - time.monotonic()) if self._carry else None
         now = time.monotonic()
         due: float | None = None
         if generation is not None:

@@ -21,6 +21,10 @@ from app.core.clock import now_utc, utc_naive
 INT_MAX = 2_147_483_647
 INT_MIN = -2_147_483_648
 MAX_USER_ID_LENGTH = 100
+# Event ids are recorded in a primary key (challenge_processed_events): PostgreSQL's b-tree
+# refuses entries over ~2,700 bytes, so a longer id would fail a whole flush. 512
+# characters stay under it in any UTF-8 (AGS ids are 32-character hex).
+MAX_EVENT_ID_LENGTH = 512
 
 # Event times the service can represent: every period computed from one (day, ISO week,
 # month, and their ends) stays inside Python's datetime range. A timestamp outside falls
@@ -168,6 +172,8 @@ def build_event(
         storable(stat_code, "statCode")
         finite(value, "latestValue")
         finite(inc, "inc")
+    if len(event_id) > MAX_EVENT_ID_LENGTH:
+        raise InvalidEvent("event_id_too_long", "id too long")
     storable(event_id, "id")
     storable(namespace, "namespace")
     event_time = parse_timestamp(timestamp) or representable(fallback_time) or now_utc()

@@ -11,6 +11,7 @@ from app.pipeline import source_of
 from tables.buffer import Flusher
 from tables.gdpr import erase_user
 from tables.writer import Writer
+from tests.helpers.faults import RowLock
 from tests.helpers.support import config, execute, goal, login, put_row, rows
 
 CFG = config(
@@ -66,6 +67,35 @@ async def test_a_flush_in_flight_never_resurrects_the_user(engine):
         assert not [key for key in await rows(engine) if key[0].startswith("race-")]
     finally:
         await flusher.close()
+
+
+async def test_deletion_does_not_wait_for_another_users_held_rows(pg_engine, pg_url):
+    """The barrier waits only for flushes taken before the deletion, not for another
+    user's rows carried while the backend's claim holds them; those are written after the
+    release."""
+    flusher = flusher_for(pg_engine)
+    flusher.start()
+    try:
+        add(flusher, login("held", "2026-11-20 10:00"))
+        add(flusher, login("leaving", "2026-11-20 10:00"))
+        await flusher.flush_now()
+        async with RowLock(pg_url, ["held"]) as lock:
+            assert lock.locked == 2
+            add(flusher, login("held", "2026-11-20 11:00"))
+            flusher.request_flush()
+            deadline = asyncio.get_running_loop().time() + 10
+            while flusher.carried == 0:
+                assert asyncio.get_running_loop().time() < deadline, "never carried"
+                await asyncio.sleep(0.01)
+            erasure = await erase_user(
+                flusher, "leaving", "mygame", source="test", barrier_timeout=3
+            )
+            assert erasure.rows["user_goal_progress"] == 2
+    finally:
+        await flusher.close()
+    found = await rows(pg_engine)
+    assert not [key for key in found if key[0] == "leaving"]
+    assert found[("held", "logins")].progress == 2  # carried, written after the release
 
 
 async def test_other_namespace_rows_of_the_user_are_left(engine):

@@ -20,7 +20,7 @@ from app.core.progress import Delta, fold
 # Every refusal a decoder may answer (SPEC §2 and the hostile-input rules), as patterns.
 DOCUMENTED = re.compile(
     r"^(message cannot be nil|userId cannot be empty|payload cannot be nil"
-    r"|statCode cannot be empty|userId too long|malformed message"
+    r"|statCode cannot be empty|userId too long|id too long|malformed message"
     r"|\w+ contains invalid characters|\w+ must be a string|\w+ must be a number"
     r"|\w+ is not a number|message must be a JSON object|payload must be an object"
     r"|cannot decode JSON: .*)$",

@@ -105,6 +105,15 @@ def test_nul_in_an_id_is_refused_from_json(raw, message):
     assert (error.reason, error.message) == ("invalid_characters", message)
 
 
+def test_an_event_id_too_long_for_the_dedup_key_is_refused():
+    """An id over the b-tree limit of challenge_processed_events' key used to fail the
+    whole flush it joined (every caller answered UNAVAILABLE)."""
+    ok = {"id": "e" * 512, "userId": "u"}
+    assert decode_json_event(ok, EventType.LOGIN).event_id == "e" * 512
+    error = refused(lambda: decode_json_event({"id": "é" * 513, "userId": "u"}, EventType.LOGIN))
+    assert (error.reason, error.message) == ("event_id_too_long", "id too long")
+
+
 def test_lone_surrogates_from_a_python_dict_are_refused():
     error = refused(lambda: decode_json_event({"userId": "a\ud800"}, EventType.LOGIN))
     assert error.message == "userId contains invalid characters"
