@@ -24,7 +24,7 @@ from datetime import datetime
 import faust
 
 from app.core.clock import from_epoch_ms
-from app.core.events import EventType, InvalidEvent, decode_json_event
+from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.kafka.codec import Forwarded, dead_letter_value, encode
 from app.kafka.faust_app import KafkaApp, SourceTopic
 from app.observability import metrics
@@ -53,16 +53,24 @@ class Ingest:
 
     async def batch(self, records: Sequence[faust.EventT[bytes]]) -> None:
         self.received.inc(len(records))
+        direct: list[tuple[faust.EventT[bytes], Event]] = []
         forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]] = []
         for record in records:
             try:
-                sent = await self.one(record)
+                try:
+                    event = self.decode(record)
+                except InvalidEvent as exc:
+                    await self.dead_letter(record, exc)
+                    continue
+                if record.message.key == event.user_id.encode():
+                    direct.append((record, event))
+                else:
+                    forwarded.append(await self.forward(record, event))
             except Exception as exc:  # a bug: never crash the agent or stall the partition
                 log.exception("record failed, dead-lettered", extra={"topic": self.topic_name})
                 await self.dead_letter(record, InvalidEvent("internal", repr(exc)[:300]))
-                continue
-            if sent is not None:
-                forwarded.append((record, *sent))
+        if direct:
+            await self.kafka.runtime.direct(direct)
         await self.delivered(forwarded)
 
     async def delivered(
@@ -94,26 +102,23 @@ class Ingest:
         future: Awaitable[object] = await self.kafka.by_user.send(key=key, value=value, force=True)
         return future
 
-    async def one(
-        self, record: faust.EventT[bytes]
-    ) -> tuple[bytes, bytes, Awaitable[object]] | None:
-        """Apply, dead-letter or forward one record; a forwarded one returns its send."""
-        message = record.message
+    def decode(self, record: faust.EventT[bytes]) -> Event:
+        """The record's event (InvalidEvent: the caller dead-letters the record)."""
         raw = record.value
-        fallback, ts_ms = record_time(message)
-        try:
-            if raw is None or raw == b"":
-                raise InvalidEvent("nil_message", "message cannot be nil")
-            event = decode_json_event(raw, self.event_type, fallback)
-        except InvalidEvent as exc:
-            await self.dead_letter(record, exc)
-            return None
+        if raw is None or raw == b"":
+            raise InvalidEvent("nil_message", "message cannot be nil")
+        fallback, _ = record_time(record.message)
+        return decode_json_event(raw, self.event_type, fallback)
+
+    async def forward(
+        self, record: faust.EventT[bytes], event: Event
+    ) -> tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]:
+        """Send a copy keyed by user id to the repartition topic (acked once delivered)."""
+        message = record.message
+        _, ts_ms = record_time(message)
         user_key = event.user_id.encode()
-        if message.key == user_key:
-            await self.kafka.runtime.direct(record, event)
-            return None
         value = encode(Forwarded(event, self.topic_name, message.partition, message.offset, ts_ms))
-        return user_key, value, await self.send(user_key, value)
+        return record, user_key, value, await self.send(user_key, value)
 
     async def dead_letter(self, record: faust.EventT[bytes], exc: InvalidEvent) -> None:
         message = record.message

@@ -21,11 +21,6 @@ def make_progress_agent(kafka: KafkaApp) -> None:
 
     async def progress(stream: faust.StreamT[bytes]) -> None:
         async for records in stream.noack_take(size, within=wait):  # type: ignore[attr-defined]
-            for record in records:
-                try:
-                    await runtime.forwarded(record)
-                except Exception:  # a bug: log it, never stall the partition
-                    log.exception("repartition record failed, skipped")
-                    record.ack()
+            await runtime.forwarded(records)
 
     kafka.app.agent(kafka.by_user, name="progress", concurrency=1)(progress)

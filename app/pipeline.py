@@ -21,17 +21,23 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.challenges import ChallengeConfig, ConfigError, Source, load_config
+from app.core.challenges import ChallengeConfig, ConfigError, Goal, Source, load_config
 from app.core.dedup import DedupWindow
 from app.core.events import Event, EventType
 from app.core.settings import Settings
 from app.observability import metrics
-from tables.buffer import Flusher, Generation
+from tables.buffer import BufferFull, Flusher, Generation
 from tables.db import make_engine
 from tables.migrate import upgrade_async
 from tables.writer import Extra, Writer, WriteResult
 
 log = logging.getLogger(__name__)
+
+
+# Label children looked up once (a `labels()` call per event costs a lock and a dict).
+_SKIPPED_NAMESPACE = metrics.SKIPPED.labels("namespace")
+_SKIPPED_NO_GOAL = metrics.SKIPPED.labels("no_goal")
+_SKIPPED_IGNORED = metrics.SKIPPED.labels("ignored_value")
 
 
 def source_of(event: Event) -> Source:
@@ -77,6 +83,7 @@ class Pipeline:
         self.owns_engine = False
         # What happened to submitted events (for summaries; metrics hold the same counts).
         self.outcomes: Counter[str] = Counter()
+        self._unmeasured = 0  # events buffered by buffer_nowait since `measured`
 
     @classmethod
     def open(
@@ -146,15 +153,8 @@ class Pipeline:
         to write). `urgent`: the caller waits for the commit (`flusher.committed`), so
         the flush starts at once when none is in flight."""
         started = time.perf_counter()
-        namespace = self.settings.namespace
-        if namespace and event.namespace != namespace:
-            metrics.SKIPPED.labels("namespace").inc()
-            self.outcomes["other_namespace"] += 1
-            return None
-        goals = self.config.goals_for(source_of(event), event.stat_code)
-        if not goals:
-            metrics.SKIPPED.labels("no_goal").inc()
-            self.outcomes["no_goal"] += 1
+        goals = self._goals(event)
+        if goals is None:
             return None
         if event.event_id:
             earlier = self.dedup.get(event.event_id)
@@ -163,15 +163,9 @@ class Pipeline:
                 self.outcomes["duplicate"] += 1
                 return earlier  # the original's generation: wait for its commit
         generation, moved = await self.flusher.add(event, goals, timeout=timeout, urgent=urgent)
-        if event.event_id:
-            self.dedup.remember(event.event_id, generation)
+        self._added(event, generation, moved)
         metrics.PROCESSED.inc()  # the buffer_size gauge is set per flush, not per event
         metrics.PROCESSING.observe(time.perf_counter() - started)
-        if moved == 0:
-            metrics.SKIPPED.labels("ignored_value").inc()
-            self.outcomes["ignored_value"] += 1
-        else:
-            self.outcomes["applied"] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "event buffered",
@@ -184,6 +178,59 @@ class Pipeline:
                 },
             )
         return generation
+
+    def buffer_nowait(self, event: Event) -> Generation | None:
+        """The batch form of `buffer` (Kafka, replay): never waits, returns what `buffer`
+        returns. Raises `BufferFull` when the buffer is full — nothing was counted; the
+        caller awaits `buffer` for this event instead. Metrics are per batch (`measured`).
+        """
+        goals = self._goals(event)
+        if goals is None:
+            return None
+        if event.event_id:
+            earlier = self.dedup.get(event.event_id)
+            if earlier is not None:
+                metrics.DUPLICATES.inc()
+                self.outcomes["duplicate"] += 1
+                return earlier
+        added = self.flusher.try_add(event, goals)
+        if added is None:
+            raise BufferFull("buffer full")
+        generation, moved = added
+        self._added(event, generation, moved)
+        self._unmeasured += 1
+        return generation
+
+    def measured(self, seconds: float) -> None:
+        """Metrics of a batch that went through `buffer_nowait`: the events it buffered,
+        and one processing-time sample (the batch's mean per event)."""
+        events, self._unmeasured = self._unmeasured, 0
+        if events:
+            metrics.PROCESSED.inc(events)
+            metrics.PROCESSING.observe(seconds / events)
+
+    def _goals(self, event: Event) -> tuple[Goal, ...] | None:
+        """The goals the event moves; None (counted) when there is nothing to write."""
+        namespace = self.settings.namespace
+        if namespace and event.namespace != namespace:
+            _SKIPPED_NAMESPACE.inc()
+            self.outcomes["other_namespace"] += 1
+            return None
+        goals = self.config.goals_for(source_of(event), event.stat_code)
+        if not goals:
+            _SKIPPED_NO_GOAL.inc()
+            self.outcomes["no_goal"] += 1
+            return None
+        return goals
+
+    def _added(self, event: Event, generation: Generation, moved: int) -> None:
+        if event.event_id:
+            self.dedup.remember(event.event_id, generation)
+        if moved == 0:
+            _SKIPPED_IGNORED.inc()
+            self.outcomes["ignored_value"] += 1
+        else:
+            self.outcomes["applied"] += 1
 
     def _flushed(self, generation: Generation, result: WriteResult, elapsed: float) -> None:
         metrics.FLUSH_DURATION.observe(elapsed)

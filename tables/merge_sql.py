@@ -100,7 +100,8 @@ SOURCE_COLUMNS: tuple[SourceColumn, ...] = (
 )
 
 
-_STEPS = [column.name for column in SOURCE_COLUMNS].index("steps")
+_NAMES = tuple(column.name for column in SOURCE_COLUMNS)
+_STEPS = _NAMES.index("steps")
 _READERS = tuple(column.read for column in SOURCE_COLUMNS)
 
 
@@ -109,9 +110,40 @@ def source_row(delta: Delta) -> list[object]:
     return [read(delta) for read in _READERS]
 
 
+def fast_source_row(d: Delta) -> tuple[object, ...]:
+    """`source_row` written out in one function (the flush's hot loop: 19 reader calls
+    per delta cost more than the statement's parameters are worth). A unit test holds
+    it equal to `source_row` for every kind of goal."""
+    goal = d.goal
+    rotation = goal.rotation
+    steps = d.steps
+    return (
+        d.user_id,
+        goal.goal_id,
+        goal.challenge_id,
+        d.namespace,
+        int(d.family),
+        goal.target,
+        int(goal.relative),
+        int(rotation is not None),
+        int(rotation is not None and bool(rotation.reset_progress)),
+        int(rotation is not None and bool(rotation.allow_reselection)),
+        d.amount,
+        d.value,
+        d.first_base,
+        d.first_time,
+        d.last_time,
+        d.period_start,
+        d.period_end,
+        steps[-1][0] if steps else None,
+        orjson.dumps(steps).decode(),
+    )
+
+
 def postgres_params(chunk: list[Delta]) -> dict[str, list[object]]:
     """One array per source column (the statement unnests them)."""
-    return {column.name: [column.read(d) for d in chunk] for column in SOURCE_COLUMNS}
+    columns = zip(*map(fast_source_row, chunk), strict=True) if chunk else [[]] * len(_NAMES)
+    return dict(zip(_NAMES, map(list, columns), strict=True))
 
 
 def sqlite_params(chunk: list[Delta]) -> dict[str, str]:

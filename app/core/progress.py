@@ -74,11 +74,45 @@ def period_bounds(schedule: Schedule, moment: datetime) -> tuple[datetime, datet
 
 def period_of(goal: Goal, moment: datetime) -> tuple[datetime, datetime] | None:
     """The buffering period of an event for this goal (None: not period-sensitive)."""
+    schedule = rule_of(goal)[2]
+    return None if schedule is None else _period(schedule, moment)
+
+
+# Per goal, what fold needs of it (family, buffering schedule), worked out once: a goal is
+# looked at for every event that moves it. Keyed by id() with the goal kept beside it, so
+# an id reused after a config reload can never return another goal's rule.
+_RULES: dict[int, tuple[Goal, Family, Schedule | None]] = {}
+# Period bounds per (schedule, day): events of one day share them.
+_PERIODS: dict[tuple[Schedule, int], tuple[datetime, datetime]] = {}
+_CACHE_LIMIT = 4096
+
+
+def _schedule_of(goal: Goal) -> Schedule | None:
     if goal.kind is Kind.DAILY or (goal.kind is Kind.INCREMENT and goal.daily):
-        return period_bounds(Schedule.DAILY, moment)
+        return Schedule.DAILY
     if goal.rotation is not None:
-        return period_bounds(goal.rotation.schedule, moment)
+        return goal.rotation.schedule
     return None
+
+
+def rule_of(goal: Goal) -> tuple[Goal, Family, Schedule | None]:
+    """(goal, family, buffering schedule or None), cached per goal object."""
+    rule = _RULES.get(id(goal))
+    if rule is None or rule[0] is not goal:
+        if len(_RULES) >= _CACHE_LIMIT:
+            _RULES.clear()
+        rule = _RULES[id(goal)] = (goal, family_of(goal), _schedule_of(goal))
+    return rule
+
+
+def _period(schedule: Schedule, moment: datetime) -> tuple[datetime, datetime]:
+    key = (schedule, moment.toordinal())
+    bounds = _PERIODS.get(key)
+    if bounds is None:
+        if len(_PERIODS) >= _CACHE_LIMIT:
+            _PERIODS.clear()
+        bounds = _PERIODS[key] = period_bounds(schedule, moment)
+    return bounds
 
 
 # ------------------------------------------------------------------ deltas
@@ -111,9 +145,10 @@ class Delta:
         namespace: str,
         period: tuple[datetime, datetime] | None,
         event_time: datetime,
+        family: Family | None = None,
     ):
         self.goal = goal
-        self.family = family_of(goal)
+        self.family = family_of(goal) if family is None else family
         self.user_id = user_id
         self.namespace = namespace
         self.period_start: datetime | None = period[0] if period else None
@@ -133,21 +168,27 @@ class Delta:
         self.events += 1
         if family is Family.COUNTER:
             step = 1 if event.type is EventType.LOGIN or event.inc <= 0 else event.inc
-            self.amount = min(self.amount + step, INT_MAX)
-            if not self.steps or self.steps[-1][0] < self.goal.target:
-                self.steps.append((self.amount, t))
+            amount = self.amount + step
+            self.amount = amount = amount if amount < INT_MAX else INT_MAX
+            steps = self.steps
+            if not steps or steps[-1][0] < self.goal.target:
+                steps.append((amount, t))
         elif family is Family.SET:
-            if self.events == 1 or t >= self.value_time:
+            first = self.events == 1
+            if first or t >= self.value_time:
                 self.value, self.value_time = event.value, t
-            if self.events == 1 or t < self.first_time:
+            if first or t < self.first_time:
                 # value - inc of two clamped ints can leave the INT range (5 - -2^31)
                 self.first_base = max(clamp_int(event.value - event.inc), -INT_MAX)
-            if not self.steps or event.value > self.steps[-1][0]:
-                self.steps.append((event.value, t))
+            steps = self.steps
+            if not steps or event.value > steps[-1][0]:
+                steps.append((event.value, t))
         elif family is Family.COUNTER_DAILY and (self.events == 1 or t < self.first_time):
             self.amount = event.inc if event.type is EventType.STATISTIC and event.inc > 0 else 1
-        self.first_time = min(self.first_time, t)
-        self.last_time = max(self.last_time, t)
+        if t < self.first_time:
+            self.first_time = t
+        elif t > self.last_time:
+            self.last_time = t
 
     @property
     def key(self) -> tuple[str, str]:
@@ -175,18 +216,26 @@ def fold(deltas: dict[BufferKey, Delta], event: Event, goals: Iterable[Goal]) ->
     Whole or nothing: every goal's period and key is worked out before the first delta
     changes, so nothing that can fail runs between two goals' updates.
     """
-    plan = []
+    moment = event.event_time
+    user_id = event.user_id
+    negative = event.value < 0
+    plan: list[tuple[Goal, Family, tuple[datetime, datetime] | None, BufferKey]] = []
     for goal in goals:
-        if not applies(goal, event):
-            continue
-        period = period_of(goal, event.event_time)
-        plan.append((goal, period, (event.user_id, goal.goal_id, period[0] if period else None)))
-    for goal, period, key in plan:
+        rule = _RULES.get(id(goal))
+        if rule is None or rule[0] is not goal:
+            rule = rule_of(goal)
+        family, schedule = rule[1], rule[2]
+        if negative and family is Family.SET:
+            continue  # negative stat values are ignored for value-setting goals (SPEC §4)
+        if schedule is None:
+            plan.append((goal, family, None, (user_id, goal.goal_id, None)))
+        else:
+            bounds = _period(schedule, moment)
+            plan.append((goal, family, bounds, (user_id, goal.goal_id, bounds[0])))
+    for goal, family, span, key in plan:
         delta = deltas.get(key)
         if delta is None:
-            delta = deltas[key] = Delta(
-                goal, event.user_id, event.namespace, period, event.event_time
-            )
+            delta = deltas[key] = Delta(goal, user_id, event.namespace, span, moment, family)
         delta.add(event)
     return len(plan)
 

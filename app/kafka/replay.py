@@ -16,12 +16,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from app.core.challenges import ChallengeConfig
 from app.core.clock import epoch_ms, from_epoch_ms
-from app.core.events import EventType, InvalidEvent, decode_json_event
+from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.core.latest import LatestValues
 from app.core.settings import Settings, SettingsError
 from app.kafka.topics import event_type_for
-from app.pipeline import Pipeline, running
+from app.pipeline import running
 from app.replay import ReplaySummary
+from tables.buffer import BufferFull
 
 
 async def _start_offsets(
@@ -72,7 +73,8 @@ async def replay_range(
             for tp in partitions:
                 consumer.seek(tp, min(start[tp], end[tp]))
             while active:
-                batches = await consumer.getmany(*active, timeout_ms=1000, max_records=2000)
+                batches = await consumer.getmany(*active, timeout_ms=1000, max_records=5000)
+                started_batch = time.perf_counter()
                 for tp, records in batches.items():
                     for record in records:
                         if tp not in active:
@@ -82,9 +84,15 @@ async def replay_range(
                         ):
                             active.discard(tp)
                             break
-                        await _one(pipeline, latest, summary, record, event_type)
+                        event = _event(latest, summary, record, event_type)
+                        if event is not None:
+                            try:
+                                pipeline.buffer_nowait(event)
+                            except BufferFull:
+                                await pipeline.buffer(event)  # waits for the flusher
                         if record.offset + 1 >= end[tp]:
                             active.discard(tp)
+                pipeline.measured(time.perf_counter() - started_batch)
             await pipeline.flusher.flush_now()
         finally:
             await consumer.stop()
@@ -104,13 +112,13 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     raise SettingsError(f"--topic: topic {topic!r} not found")
 
 
-async def _one(
-    pipeline: Pipeline,
+def _event(
     latest: LatestValues,
     summary: ReplaySummary,
     record: ConsumerRecord[bytes, bytes],
     event_type: EventType | None,
-) -> None:
+) -> Event | None:
+    """The record's event to apply; None when invalid (counted) or stale."""
     summary.lines += 1
     try:
         if not record.value:
@@ -120,8 +128,8 @@ async def _one(
         summary.refused(
             exc.reason, f"partition {record.partition} offset {record.offset}", exc.message
         )
-        return
+        return None
     if latest.stale(event):
         summary.outcomes["stale"] += 1
-        return
-    await pipeline.submit(event)
+        return None
+    return event

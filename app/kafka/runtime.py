@@ -12,6 +12,8 @@ dropped.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -25,11 +27,12 @@ from app.kafka import metrics as kafka_metrics
 from app.kafka.codec import decode
 from app.pipeline import Pipeline
 from tables import positions as pos
-from tables.buffer import Generation
+from tables.buffer import BufferFull, Generation
 from tables.db import is_transient
 from tables.writer import Extra
 
 log = logging.getLogger(__name__)
+_REDELIVERED_DIRECT = kafka_metrics.REDELIVERED.labels("direct")
 
 
 class PositionBook:
@@ -95,28 +98,58 @@ class ProgressRuntime:
         self.pipeline.config = config
         self.latest = LatestValues(config)
 
-    async def direct(self, record: faust.EventT[bytes], event: Event) -> None:
-        """A source record keyed by its user id: applied without the repartition hop."""
-        message = record.message
-        tp = (message.topic, message.partition)
-        book = self.book
-        next_offset = book.direct.get(tp)
-        if next_offset is None:
-            next_offset = book.direct[tp] = await self._load_direct(tp)
-        if message.offset < next_offset:
-            kafka_metrics.REDELIVERED.labels("direct").inc()
-        elif self.latest.stale(event):
-            kafka_metrics.LATE.inc()
-        else:
-            await self.pipeline.submit(event)
-        # No await from submit's return to here (see `forwarded`).
-        if message.offset >= next_offset:
-            book.direct[tp] = message.offset + 1
-            book.dirty_direct.add(tp)
-        self._pending(record)
+    async def direct(self, items: Sequence[tuple[faust.EventT[bytes], Event]]) -> None:
+        """Source records keyed by their user id: applied without the repartition hop.
 
-    async def forwarded(self, record: faust.EventT[bytes]) -> None:
-        """A record of the repartition topic (forwarded by an ingest agent)."""
+        Each record's position advance and ack join the generation its event went into:
+        nothing awaits between buffering an event and recording its position, except
+        when the buffer is full (then `Pipeline.buffer` waits for space and the record
+        joins the next generation, with its position).
+        """
+        started = time.perf_counter()
+        book, pipeline, latest = self.book, self.pipeline, self.latest
+        positions, dirty = book.direct, book.dirty_direct
+        acks = self._acks()
+        for record, event in items:
+            message = record.message
+            tp = (message.topic, message.partition)
+            offset = message.offset
+            next_offset = positions.get(tp)
+            if next_offset is None:
+                next_offset = positions[tp] = await self._load_direct(tp)
+                acks = self._acks()
+            if offset < next_offset:
+                _REDELIVERED_DIRECT.inc()
+                acks.append(record)
+                continue
+            if latest.stale(event):
+                kafka_metrics.LATE.inc()
+            else:
+                try:
+                    pipeline.buffer_nowait(event)
+                except BufferFull:
+                    await pipeline.buffer(event)  # waits for space: a new generation
+                    acks = self._acks()
+            positions[tp] = offset + 1
+            dirty.add(tp)
+            acks.append(record)
+        pipeline.measured(time.perf_counter() - started)
+
+    async def forwarded(self, records: Sequence[faust.EventT[bytes]]) -> None:
+        """Records of the repartition topic (forwarded by an ingest agent), in order.
+
+        A record that fails for a bug is logged and acked; the batch goes on.
+        """
+        started = time.perf_counter()
+        for record in records:
+            try:
+                await self._forwarded(record)
+            except Exception:  # a bug: log it, never stall the partition
+                log.exception("repartition record failed, skipped")
+                record.ack()
+        self.pipeline.measured(time.perf_counter() - started)
+
+    async def _forwarded(self, record: faust.EventT[bytes]) -> None:
         message = record.message
         partition, offset = message.partition, message.offset
         positions = self.book.positions.get(partition)
@@ -134,7 +167,7 @@ class ProgressRuntime:
             item = decode(record.value)
         except Exception:  # our own format: only a bug or a foreign producer gets here
             log.exception("undecodable repartition record", extra={"offset": offset})
-            self._pending(record)
+            self._acks().append(record)
             return
         source = (item.source_topic, item.source_partition)
         if positions.seen(offset, source, item.source_offset):
@@ -144,12 +177,15 @@ class ProgressRuntime:
         elif self.latest.stale(item.event):
             kafka_metrics.LATE.inc()
         else:
-            await self.pipeline.submit(item.event)
-        # No await between submit returning and here: the flusher cannot take the
-        # generation in between, so positions and acks join the one holding the event.
+            try:
+                self.pipeline.buffer_nowait(item.event)
+            except BufferFull:
+                await self.pipeline.buffer(item.event)
+        # No await between buffering and here: the flusher cannot take the generation
+        # in between, so positions and acks join the one holding the event.
         positions.advance(offset, source, item.source_offset)
         self.book.dirty.add(partition)
-        self._pending(record)
+        self._acks().append(record)
 
     async def _load_direct(self, tp: pos.SourceTP) -> int:
         """Next directly applied offset of a newly owned source partition."""
@@ -184,13 +220,13 @@ class ProgressRuntime:
                 return await pos.load(self.pipeline.engine, book.group, book.topic, partition)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _pending(self, record: faust.EventT[bytes]) -> None:
-        """Ack once the flush of the current generation (holding the record) commits."""
-        generation = self.pipeline.flusher.generation()
-        acks = generation.meta.get("acks")
+    def _acks(self) -> list[faust.EventT[bytes]]:
+        """Records to ack once the flush of the current generation (holding them) commits."""
+        meta = self.pipeline.flusher.generation().meta
+        acks: list[faust.EventT[bytes]] | None = meta.get("acks")
         if acks is None:
-            acks = generation.meta["acks"] = []
-        acks.append(record)
+            acks = meta["acks"] = []
+        return acks
 
 
 def _log_retry(message: str, partition: int) -> Any:

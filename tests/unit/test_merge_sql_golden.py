@@ -12,15 +12,24 @@ oracle on both databases) and tests/db/test_rules.py.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from app.core.events import INT_MAX
-from app.core.progress import Family
-from tables.merge_sql import SOURCE_COLUMNS, build_statements
+from app.core.challenges import Source, load_config
+from app.core.events import INT_MAX, Event, EventType
+from app.core.progress import Family, fold
+from tables.merge_sql import (
+    SOURCE_COLUMNS,
+    build_statements,
+    fast_source_row,
+    postgres_params,
+    source_row,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
+ROOT = Path(__file__).resolve().parents[2]
 CASES = [(dialect, mode) for dialect in ("postgresql", "sqlite") for mode in ("auto", "required")]
 
 
@@ -74,3 +83,33 @@ def test_statement_is_pretty_printed() -> None:
     longest = max(len(line) for line in pg.splitlines())
     assert pg.count("\n") > 100
     assert longest < 120, longest
+
+
+def test_the_fast_source_row_equals_the_column_readers():
+    """The flush builds its parameters with fast_source_row; SOURCE_COLUMNS stays the
+    definition. Every goal of both shipped configs, logins and stats, several days."""
+    deltas: dict = {}
+    for path in (ROOT / "config" / "challenges.json", ROOT / "bench" / "challenges.json"):
+        config = load_config(path)
+        for n, goal in enumerate(config.goals):
+            for day in range(3):
+                moment = datetime(2026, 11, 16 + day, 10, n % 60)
+                event = Event(
+                    f"e{n}-{day}",
+                    EventType.LOGIN if goal.source is Source.LOGIN else EventType.STATISTIC,
+                    "ns",
+                    f"user-{n % 3}",
+                    moment,
+                    goal.stat_code,
+                    5 + day,
+                    1,
+                )
+                fold(deltas, event, (goal,))
+    assert len(deltas) > 20
+    for delta in deltas.values():
+        assert fast_source_row(delta) == tuple(source_row(delta))
+    chunk = list(deltas.values())
+    params = postgres_params(chunk)
+    assert list(params) == [column.name for column in SOURCE_COLUMNS]
+    assert all(len(values) == len(chunk) for values in params.values())
+    assert postgres_params([]) == {column.name: [] for column in SOURCE_COLUMNS}

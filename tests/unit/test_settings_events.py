@@ -5,8 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from app.core.events import EventType, InvalidEvent, decode_json_event, to_int
+from app.core.clock import utc_naive
+from app.core.events import (
+    EventType,
+    InvalidEvent,
+    decode_json_event,
+    parse_timestamp,
+    representable,
+    to_int,
+)
 from app.core.settings import Settings, SettingsError, async_database_url, parse_duration
 
 
@@ -148,3 +158,38 @@ def test_invalid_events(raw, event_type, reason, message):
 
 def test_user_id_of_exactly_100_characters_is_fine():
     assert decode_json_event({"userId": "x" * 100}, EventType.LOGIN).user_id == "x" * 100
+
+
+# The UTC fast path of parse_timestamp (no time zone arithmetic for "Z") must give what
+# the general path gives: fromisoformat, then converted to naive UTC.
+_DIGITS = "0123456789"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    date=st.tuples(st.integers(1, 9999), st.integers(1, 12), st.integers(1, 28)).map(
+        lambda d: f"{d[0]:04d}-{d[1]:02d}-{d[2]:02d}"
+    ),
+    sep=st.sampled_from(["T", "t", " "]),
+    clock=st.one_of(
+        st.none(),
+        st.tuples(st.integers(0, 23), st.integers(0, 59)).map(lambda c: f"{c[0]:02d}:{c[1]:02d}"),
+        st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59)).map(
+            lambda c: f"{c[0]:02d}:{c[1]:02d}:{c[2]:02d}"
+        ),
+    ),
+    fraction=st.one_of(st.none(), st.text(_DIGITS, min_size=1, max_size=9)),
+    zone=st.sampled_from(["", "Z", "z", "+00:00", "-00:00", "+05:30", "-11:00", "+14:00"]),
+)
+def test_utc_fast_path_equals_the_general_conversion(date, sep, clock, fraction, zone):
+    text = date
+    if clock is not None:
+        text += sep + clock
+        if fraction is not None and clock.count(":") == 2:
+            text += "." + fraction
+    text += zone
+    try:
+        general = representable(utc_naive(datetime.fromisoformat(text)))
+    except (ValueError, OverflowError):
+        general = None
+    assert parse_timestamp(text) == general
