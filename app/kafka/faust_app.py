@@ -27,6 +27,7 @@ from app.kafka import metrics as kafka_metrics
 from app.kafka.lag import track_lag
 from app.kafka.runtime import PositionBook, ProgressRuntime
 from app.kafka.topics import Topics, dlq_topic
+from app.kafka.transport import Transport
 from app.pipeline import Pipeline
 
 RAW: dict[str, Any] = {
@@ -110,6 +111,8 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         worker_redirect_stdouts=False,
         monitor=PerRecordQuietMonitor(),
     )
+    # the consumer side with the cheaper record hand-over (app/kafka/transport.py)
+    app.transport = Transport(app.conf.broker_consumer, app)
     book = PositionBook(topics.group, topics.repartition)
     # event ids recorded with the rows: a duplicate id at another offset (a producer retry)
     # is applied once even across restarts, within DEDUP_WINDOW

@@ -72,6 +72,7 @@ async def replay_range(
             active = {tp for tp in partitions if start[tp] < end[tp]}
             for tp in partitions:
                 consumer.seek(tp, min(start[tp], end[tp]))
+            count = 0
             while active:
                 batches = await consumer.getmany(*active, timeout_ms=1000, max_records=5000)
                 started_batch = time.perf_counter()
@@ -92,6 +93,9 @@ async def replay_range(
                                 await pipeline.buffer(event)  # waits for the flusher
                         if record.offset + 1 >= end[tp]:
                             active.discard(tp)
+                        count += 1
+                        if count % 128 == 0:
+                            await asyncio.sleep(0)  # the flush in flight goes on meanwhile
                 pipeline.measured(time.perf_counter() - started_batch)
             await pipeline.flusher.flush_now()
         finally:

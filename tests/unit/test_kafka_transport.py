@@ -1,0 +1,102 @@
+"""The worker's record hand-over (app/kafka/transport.py): a delivery that completes at
+once skips Faust's race; one that waits is raced against flow suspension as before."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from mode.utils.locks import Event as ModeEvent
+
+from app.kafka.transport import Consumer
+
+
+def consumer(loop: asyncio.AbstractEventLoop) -> Any:
+    """The consumer's wait_first needs only the service's stop/crash events and loop."""
+    c: Any = Consumer.__new__(Consumer)
+    c._stopped = ModeEvent()
+    c._crashed = ModeEvent()
+    c._loop = loop
+    return c
+
+
+@pytest.fixture
+def flow() -> asyncio.Event:
+    return asyncio.Event()
+
+
+async def test_a_delivery_that_completes_at_once_wins_without_a_task(flow):
+    c = consumer(asyncio.get_running_loop())
+    delivered = []
+
+    async def deliver() -> str:
+        delivered.append(1)
+        return "ok"
+
+    tasks_before = len(asyncio.all_tasks())
+    result = await c.wait_first(deliver(), flow.wait())
+    assert delivered == [1]
+    assert result.results == ["ok"] and not result.stopped
+    assert len(asyncio.all_tasks()) == tasks_before  # nothing left running
+
+
+async def test_a_delivery_that_waits_still_completes_when_the_flow_runs(flow):
+    c = consumer(asyncio.get_running_loop())
+    room = asyncio.get_running_loop().create_future()
+    steps = []
+
+    async def deliver() -> str:
+        steps.append("started")
+        await room  # a full stream buffer
+        steps.append("delivered")
+        return "late"
+
+    waiting = asyncio.create_task(c.wait_first(deliver(), flow.wait()))
+    await asyncio.sleep(0)
+    assert steps == ["started"]
+    room.set_result(None)
+    result = await asyncio.wait_for(waiting, 5)
+    assert steps == ["started", "delivered"]
+    assert result.results == ["late"]
+
+
+async def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended(flow):
+    c = consumer(asyncio.get_running_loop())
+    never = asyncio.get_running_loop().create_future()
+    steps = []
+
+    async def deliver() -> None:
+        steps.append("started")
+        try:
+            await never
+            steps.append("delivered")
+        except asyncio.CancelledError:
+            steps.append("abandoned")
+            raise
+
+    waiting = asyncio.create_task(c.wait_first(deliver(), flow.wait()))
+    await asyncio.sleep(0)
+    flow.set()  # rebalance: Faust suspends the flow
+    result = await asyncio.wait_for(waiting, 5)
+    await asyncio.sleep(0)
+    assert steps == ["started", "abandoned"]
+    assert result.results == [True]  # the suspension won the race
+
+
+async def test_a_delivery_that_fails_at_once_raises(flow):
+    c = consumer(asyncio.get_running_loop())
+
+    async def deliver() -> None:
+        raise ValueError("bad record")
+
+    with pytest.raises(ValueError, match="bad record"):
+        await c.wait_first(deliver(), flow.wait())
+
+
+async def test_other_waits_go_to_faust_unchanged():
+    c = consumer(asyncio.get_running_loop())
+    first, second = asyncio.Event(), asyncio.Event()
+    second.set()
+    result = await c.wait_first(first, second)  # events, not the fetch loop's call
+    assert result.done == [second]
