@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 # SQLSTATE classes that say "the database cannot take any batch now", never "this row is
 # bad": connection, insufficient resources, operator intervention (shutdown), system
@@ -51,6 +53,49 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+_NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def positional(statement: str) -> tuple[str, tuple[str, ...]]:
+    """A statement with `:name` parameters -> ($1, $2 ... form, names in order), for the
+    driver's own execution (each name keeps one number, however often it appears)."""
+    names: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${names.setdefault(match.group(1), len(names) + 1)}"
+
+    return _NAMED_PARAMETER.sub(number, statement), tuple(names)
+
+
+async def driver_fetch(conn: AsyncConnection, statement: str, args: list[Any]) -> list[Any]:
+    """Run `statement` ($n form) on the asyncpg connection under `conn`, inside `conn`'s
+    transaction; returns its rows.
+
+    The flush's two hot statements (event ids, merge) go to the driver directly:
+    SQLAlchemy's execute path was the largest part of a small flush's CPU (issue 8's
+    profile). BEGIN, COMMIT, savepoints and the rare statements stay SQLAlchemy's.
+    SQLAlchemy begins its transaction lazily on the first statement it runs, so it is
+    begun here when not yet. A lost connection is invalidated here, as SQLAlchemy does on
+    its own path, so the retry takes a fresh one from the pool.
+    """
+    raw = await conn.get_raw_connection()
+    adapted: Any = raw.dbapi_connection
+    try:
+        if conn.in_transaction() and getattr(adapted, "_transaction", True) is None:
+            try:
+                await adapted._start_transaction()
+            except Exception as exc:  # SQLAlchemy's adapter re-raises the driver's error
+                cause = exc.__cause__
+                raise (cause if isinstance(cause, Exception) else exc) from None
+        driver: Any = raw.driver_connection
+        rows: list[Any] = await driver.fetch(statement, *args)
+        return rows
+    except Exception as exc:
+        if classify(exc) == OUTAGE and not conn.invalidated:
+            await conn.invalidate()
+        raise
+
+
 def backoff_delay(attempt: int, *, base: float = 0.05, cap: float = 5.0) -> float:
     """Exponential backoff for retry loops that may run for hours (no float overflow)."""
     return min(cap, base * 2.0 ** min(attempt, 30))
@@ -70,18 +115,28 @@ def classify(exc: BaseException) -> str:
     rows) or DATA (the batch holds a row the database refuses: isolate it now)."""
     if isinstance(exc, OSError | TimeoutError | ConnectionError):
         return OUTAGE
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresError):  # driver-level
+        return _by_sqlstate(str(getattr(exc, "sqlstate", "") or ""), OUTAGE)
     if not isinstance(exc, DBAPIError):
         return DATA
     if exc.connection_invalidated:
         return OUTAGE
     code = _sqlstate(exc)
     if code:
-        if code.startswith(_RETRY_SQLSTATE_PREFIXES):
-            return RETRY
-        return OUTAGE if code.startswith(_OUTAGE_SQLSTATE_PREFIXES) else DATA
+        return _by_sqlstate(code, DATA)
     if isinstance(exc, OperationalError | InterfaceError | ProgrammingError):
         return OUTAGE  # the driver's own connection and protocol errors
     return DATA
+
+
+def _by_sqlstate(code: str, without: str) -> str:
+    """The class of a SQLSTATE; `without`: the class of an error that carries none (the
+    driver's own connection errors are outages)."""
+    if not code:
+        return without
+    if code.startswith(_RETRY_SQLSTATE_PREFIXES):
+        return RETRY
+    return OUTAGE if code.startswith(_OUTAGE_SQLSTATE_PREFIXES) else DATA
 
 
 def is_transient(exc: BaseException) -> bool:

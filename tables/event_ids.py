@@ -22,6 +22,7 @@ from app.core.challenges import Goal
 from app.core.clock import now_utc
 from app.core.events import Event
 from app.core.progress import BufferKey, Delta, fold
+from tables.db import driver_fetch, positional
 
 _RECORD = {
     "postgresql": (
@@ -46,7 +47,9 @@ _FORGET = {
     "sqlite": "DELETE FROM challenge_processed_events WHERE event_id IN (SELECT value FROM json_each(:ids))",
 }
 
-_STATEMENTS = {sql: text(sql) for sql in _RECORD.values()}  # parsed once (hot path)
+_SQLITE_RECORD = text(_RECORD["sqlite"])  # parsed once (hot path)
+# PostgreSQL: run on the driver directly (tables/db.py driver_of), in $n form
+_PG_RECORD, _PG_RECORD_NAMES = positional(_RECORD["postgresql"])
 
 
 def storable(text_: str) -> str:
@@ -101,7 +104,11 @@ class EventClaim:
             "now": _bind_time(dialect, now),
             "expires": _bind_time(dialect, now + timedelta(seconds=self.window)),
         }
-        fresh = {row[0] for row in await conn.execute(_STATEMENTS[_RECORD[dialect]], params)}
+        if dialect == "postgresql":
+            rows = await driver_fetch(conn, _PG_RECORD, [params[n] for n in _PG_RECORD_NAMES])
+        else:
+            rows = list((await conn.execute(_SQLITE_RECORD, params)).all())
+        fresh = {row[0] for row in rows}
         self.fresh = {key: stored[key] for key in fresh}
         return {stored[key] for key in keys if key not in fresh}
 

@@ -31,7 +31,7 @@ from sqlalchemy import TextClause, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.progress import Delta
-from tables.db import OUTAGE, RETRY, classify
+from tables.db import OUTAGE, RETRY, classify, driver_fetch, positional
 from tables.event_ids import EventClaim, storable
 from tables.merge_sql import build_statements, postgres_params, sqlite_params
 from tables.schema import challenge_dead_letters
@@ -172,6 +172,8 @@ class Writer:
         self.batch_size = batch_size
         self.dialect = engine.dialect.name
         self.statements = build_statements(self.dialect, assignment_mode)
+        # PostgreSQL: the merge in the driver's $n form, run on the driver directly
+        self.merge, self.merge_names = positional(self.statements.postgres or "")
         # SQLite has one writer; PostgreSQL can merge disjoint users on several connections.
         self.parallelism = parallelism if self.dialect == "postgresql" else 1
 
@@ -389,21 +391,19 @@ class Writer:
 
     async def _chunk(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult) -> None:
         if self.statements.postgres is not None:
-            await self._postgres(conn, self.statements.postgres, chunk, result)
+            await self._postgres(conn, chunk, result)
         else:
             await self._sqlite(conn, chunk, result)
 
     async def _postgres(
-        self,
-        conn: AsyncConnection,
-        statement: str,
-        chunk: list[Delta],
-        result: WriteResult,
+        self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult
     ) -> None:
         by_key = {d.key: d for d in chunk}
         pending = chunk
+        names = self.merge_names
         for _attempt in range(5):
-            reported = (await conn.execute(_clause(statement), postgres_params(pending))).all()
+            params = postgres_params(pending)
+            reported = await driver_fetch(conn, self.merge, [params[name] for name in names])
             result.statements += 1
             again: list[Delta] = []
             for tag, user_id, goal_id in reported:

@@ -4,7 +4,6 @@ rows in the flush transaction), and again once the window has passed."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 from tables.buffer import Flusher
 from tables.writer import Writer
@@ -57,7 +56,7 @@ async def test_events_without_an_id_are_kept_when_a_flush_refolds(engine):
         replica(engine), [stat("u3", "kills", 1, "2026-11-20 10:00", inc=1, event_id="d1")]
     )
     # no id: never deduplicated, and never dropped when its flush is re-folded
-    anonymous = replace(stat("u3", "kills", 2, "2026-11-20 10:01", inc=2), event_id="")
+    anonymous = stat("u3", "kills", 2, "2026-11-20 10:01", inc=2)._replace(event_id="")
     await _deliver(
         replica(engine),
         [stat("u3", "kills", 1, "2026-11-20 10:00", inc=1, event_id="d1"), anonymous],

@@ -154,15 +154,36 @@ async def put_row(engine: AsyncEngine, user: str, goal_id: str, **values: Any) -
 
 
 async def count_statements(engine: AsyncEngine):
-    """A list that collects every SQL statement the engine sends (ignores BEGIN/COMMIT)."""
+    """A list that collects every SQL statement the engine's connections send to the
+    server (BEGIN/COMMIT and savepoints left out): on PostgreSQL from the driver's query
+    log (the flush runs its hot statements on the driver directly), on SQLite from
+    SQLAlchemy's cursor events."""
     from sqlalchemy import event
 
     seen: list[str] = []
 
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def _record(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
+    if engine.dialect.name != "postgresql":
 
+        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def _record(conn, cursor, statement, parameters, context, executemany):
+            seen.append(statement)
+
+        return seen
+
+    def _log(record) -> None:
+        query = record.query.strip()
+        if not query.upper().startswith(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")):
+            seen.append(query)
+
+    watched: set[int] = set()
+
+    def _watch(dbapi_conn, _record, _proxy) -> None:
+        driver = dbapi_conn.driver_connection
+        if id(driver) not in watched:
+            driver.add_query_logger(_log)
+            watched.add(id(driver))
+
+    event.listen(engine.sync_engine, "checkout", _watch)
     return seen
 
 
