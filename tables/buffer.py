@@ -45,6 +45,8 @@ PENDING, COMMITTED, ABORTED, TIMED_OUT = 0, 1, 2, 3
 _RETRIES_BEFORE_ISOLATING = 3
 # ... and give up on it (callers are told to retry) after this many failed isolations.
 _ISOLATIONS_BEFORE_GIVING_UP = 3
+# asyncio may run a timer up to its clock resolution early: deadlines this close count.
+_TIMER_SLACK = 0.001
 
 
 class BufferFull(Exception):
@@ -55,25 +57,30 @@ class Closed(Exception):
     """The flusher is shut down and takes no more events."""
 
 
-def _time_out(future: asyncio.Future[int]) -> None:
-    if not future.done():
-        future.set_result(TIMED_OUT)
-
-
 class Waiters:
-    """Callers waiting for one commit. Each caller awaits its own future, so a caller
-    that is cancelled (client gone) or times out never disturbs the others."""
+    """Callers waiting for one commit.
 
-    __slots__ = ("_futures", "state")
+    Each caller awaits its own future, so a caller that is cancelled (client gone) never
+    disturbs the others. Their deadlines share one timer, armed for the earliest: a timer
+    per call cost a handle and a heap push/cancel on every durable call, while a group's
+    callers all arrive within one flush and almost never time out.
+    """
+
+    __slots__ = ("_timer", "_timer_at", "_waiting", "state")
 
     def __init__(self) -> None:
-        self._futures: list[asyncio.Future[int]] = []
+        self._waiting: list[tuple[float, asyncio.Future[int]]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self.state = PENDING
 
     def settle(self, state: int) -> None:
         self.state = state
-        futures, self._futures = self._futures, []
-        for future in futures:
+        waiting, self._waiting = self._waiting, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for _deadline, future in waiting or ():
             if not future.done():
                 future.set_result(state)
 
@@ -83,17 +90,48 @@ class Waiters:
             return self.state
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._futures.append(future)
-        handle = loop.call_at(deadline, _time_out, future)
-        try:
-            return await future
-        finally:
-            handle.cancel()
+        if self._waiting is None:
+            self._waiting = []
+        self._waiting.append((deadline, future))
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(loop, deadline)
+        return await future
+
+    @property
+    def waiting(self) -> int:
+        """Callers still waiting (cancelled or timed-out ones not counted)."""
+        return sum(1 for _d, future in self._waiting or () if not future.done())
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Time out every caller whose deadline has come; re-arm for the next one."""
+        self._timer = None
+        now = loop.time() + _TIMER_SLACK
+        keep = []
+        for deadline, future in self._waiting or ():
+            if future.done():
+                continue
+            if deadline <= now:
+                future.set_result(TIMED_OUT)
+            else:
+                keep.append((deadline, future))
+        self._waiting = keep or None
+        if keep:
+            self._arm(loop, min(deadline for deadline, _f in keep))
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class Generation:
-    """Everything buffered between two flushes, and what its writers wait on."""
+    """Everything buffered between two flushes, and what its writers wait on.
+
+    Slotted: the dedup window keeps committed generations for minutes, and each of
+    their objects is one more for every full garbage collection to walk.
+    """
 
     deltas: dict[BufferKey, Delta] = field(default_factory=dict)
     events: int = 0
@@ -138,6 +176,7 @@ class Flusher:
         event_id_window: float | None = None,
         commit_delay: float = 0.0,
         carry_retry: float = 0.05,
+        prune_every: float = 60.0,
     ):
         self.writer = writer
         self.interval = interval
@@ -152,7 +191,10 @@ class Flusher:
         self.commit_delay = commit_delay
         # Carried rows are retried at least this often while nothing else is flushed.
         self.carry_retry = min(carry_retry, interval)
+        # Expired event ids are deleted this often (beside the flushes, never between).
+        self.prune_every = prune_every
         self._pruned_at = time.monotonic()
+        self._prune_task: asyncio.Task[None] | None = None
         self.current: Generation | None = None
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
@@ -299,6 +341,8 @@ class Flusher:
         else:
             await self._flush_all()
         self._closed = True
+        if self._prune_task is not None:
+            await self._prune_task  # best effort, never raises
 
     def abort(self) -> None:
         """Shutdown gave up (database down past the grace period): stop the loop and
@@ -306,6 +350,8 @@ class Flusher:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
+        if self._prune_task is not None:
+            self._prune_task.cancel()
         for generation in (self._flushing, self.current):
             if generation is not None:
                 generation.waiters.settle(ABORTED)
@@ -409,9 +455,12 @@ class Flusher:
         # The dedup window keeps generations for minutes: keep only what waiters need.
         generation.deltas, generation.log = {}, None
         self._space.set()
-        if claim is not None and time.monotonic() - self._pruned_at > 60:
+        if claim is not None and time.monotonic() - self._pruned_at > self.prune_every:
             self._pruned_at = time.monotonic()
-            await self._prune_event_ids()
+            # Beside the flushes, not between them: deleting a minute of expired ids can
+            # take longer than a flush, and every durable caller would wait for it.
+            if self._prune_task is None or self._prune_task.done():
+                self._prune_task = asyncio.create_task(self._prune_event_ids(), name="prune")
 
     async def _write(
         self, deltas: list[Delta], extra: Extra | None, claim: EventClaim | None

@@ -114,13 +114,18 @@ def stat_event(data: bytes, received: datetime) -> Event:
 Behaviour = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def add_bytes_service(server: grpc.aio.Server, service: str, behaviour: Behaviour) -> None:
-    """Register `service`'s OnMessage taking raw request bytes (no runtime decoding)."""
+def add_bytes_service(
+    server: grpc.aio.Server, service: str, behaviour: Behaviour, *, raw_response: bool = False
+) -> None:
+    """Register `service`'s OnMessage taking raw request bytes (no runtime decoding).
+
+    `raw_response`: the behaviour returns the answer's bytes itself (the event services
+    answer `b""`, the empty message), sparing a serializer call per call."""
     handlers = {
         "OnMessage": grpc.unary_unary_rpc_method_handler(
             behaviour,
             request_deserializer=None,
-            response_serializer=empty_pb2.Empty.SerializeToString,
+            response_serializer=None if raw_response else empty_pb2.Empty.SerializeToString,
         )
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -129,5 +134,5 @@ def add_bytes_service(server: grpc.aio.Server, service: str, behaviour: Behaviou
 
 def add_event_services(server: grpc.aio.Server, login: Behaviour, stat: Behaviour) -> None:
     """Register both event services' OnMessage methods taking raw request bytes."""
-    add_bytes_service(server, LOGIN_SERVICE, login)
-    add_bytes_service(server, STAT_SERVICE, stat)
+    add_bytes_service(server, LOGIN_SERVICE, login, raw_response=True)
+    add_bytes_service(server, STAT_SERVICE, stat, raw_response=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 PREFIX = "challenge_event_handler"
@@ -67,6 +69,11 @@ GRPC_SHED = Counter(
 GRPC_IN_FLIGHT = Gauge(
     f"{PREFIX}_grpc_in_flight_requests", "gRPC calls being handled", multiprocess_mode="livesum"
 )
+
+
+def multiprocess() -> bool:
+    """GRPC_WORKERS' mode: values live in shared files, gauges cannot read a callback."""
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:

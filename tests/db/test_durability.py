@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
 import pytest
 from sqlalchemy import func, select, text
 
@@ -350,3 +351,35 @@ async def test_claimed_event_ids_of_a_held_user_are_recorded_only_with_its_rows(
     assert (await row(pg_engine, "redo", "logins")).progress == 1
     async with pg_engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(challenge_dead_letters)) == 0
+
+
+async def test_a_prune_stuck_behind_a_lock_does_not_hold_up_commits(pg_engine, pg_url):
+    """Deleting expired event ids runs beside the flushes: while another session holds
+    one of those rows (the prune waits for it), durable callers still commit."""
+    async with pg_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO challenge_processed_events (event_id, expires_at) "
+                "VALUES ('expired-1', now() - interval '1 hour')"
+            )
+        )
+    holder = await asyncpg.connect(pg_url)
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.fetch(
+        "SELECT 1 FROM challenge_processed_events WHERE event_id = 'expired-1' FOR UPDATE"
+    )
+    flusher = durable_flusher(pg_engine, prune_every=0.0)  # prune after every flush
+    flusher.start()
+    try:
+        for n in range(3):  # the first flush starts the prune, which then waits on the lock
+            event = login(f"pruned-{n}", WHEN, event_id=f"pruned-{n}")
+            generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+            assert await flusher.committed(generation, event.user_id, 5) == COMMITTED
+        assert "expired-1" in await processed_ids(pg_engine)  # the prune is still waiting
+    finally:
+        await transaction.rollback()
+        await holder.close()
+        await flusher.close()  # waits for the prune
+    assert "expired-1" not in await processed_ids(pg_engine)
+    assert {f"pruned-{n}" for n in range(3)} <= await processed_ids(pg_engine)

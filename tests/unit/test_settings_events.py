@@ -69,6 +69,14 @@ def test_defaults_and_database_selection():
     )
 
 
+def test_commit_delay_defaults_to_5ms_and_can_be_turned_off():
+    """The measured default (docs/durability.md); `0` starts urgent flushes at once."""
+    assert Settings.from_env({}).commit_delay == pytest.approx(0.005)
+    assert Settings().commit_delay == pytest.approx(0.005)
+    assert Settings.from_env({"BUFFER_COMMIT_DELAY": "0"}).commit_delay == 0.0
+    assert Settings.from_env({"BUFFER_COMMIT_DELAY": "2ms"}).commit_delay == pytest.approx(0.002)
+
+
 def test_namespace_required_in_grpc_mode():
     with pytest.raises(SettingsError, match=r"^AB_NAMESPACE: "):
         Settings.from_env({}).require_namespace()
