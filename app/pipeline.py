@@ -40,6 +40,10 @@ _SKIPPED_NO_GOAL = metrics.SKIPPED.labels("no_goal")
 _SKIPPED_IGNORED = metrics.SKIPPED.labels("ignored_value")
 
 
+# In-memory dedup entries when the flushes also record event ids (gRPC, Kafka).
+_CLAIMED_WINDOW_ENTRIES = 50_000
+
+
 def source_of(event: Event) -> Source:
     return Source.LOGIN if event.type is EventType.LOGIN else Source.STATISTIC
 
@@ -75,7 +79,14 @@ class Pipeline:
             event_id_window=settings.dedup_window if record_event_ids else None,
             commit_delay=settings.commit_delay,
         )
-        self.dedup: DedupWindow[Generation] = DedupWindow(settings.dedup_window)
+        # With event ids recorded in the database the window is only the fast path (a
+        # duplicate it misses is found by the flush's claim and folded out), so it is
+        # kept small: each entry holds a generation, and a full garbage collection walks
+        # all of them (pauses of 100+ ms after ~10^5 events: docs/durability.md).
+        self.dedup: DedupWindow[Generation] = DedupWindow(
+            settings.dedup_window,
+            max_entries=_CLAIMED_WINDOW_ENTRIES if record_event_ids else 1_000_000,
+        )
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             # Read at scrape time: nothing to do per event. (GRPC_WORKERS' multiprocess
             # mode cannot call back into a worker: there it is set per flush.)
