@@ -70,7 +70,7 @@ class Ingest:
                 if record.message.key == event.user_id.encode():
                     direct.append((record, event))
                     if len(direct) >= SLICE:
-                        await self.kafka.runtime.direct(direct)
+                        await self.apply(direct)
                         direct = []
                         await asyncio.sleep(0)  # let the flush in flight read its answer
                 else:
@@ -79,8 +79,23 @@ class Ingest:
                 log.exception("record failed, dead-lettered", extra={"topic": self.topic_name})
                 await self.dead_letter(record, InvalidEvent("internal", repr(exc)[:300]))
         if direct:
-            await self.kafka.runtime.direct(direct)
+            await self.apply(direct)
         await self.delivered(forwarded)
+
+    async def apply(self, direct: list[tuple[faust.EventT[bytes], Event]]) -> None:
+        """Apply a slice of directly keyed records. If that fails (a bug), each record is
+        applied alone and the one that fails is dead-lettered (`internal`): records the
+        slice already applied are found below their stored position and only acked."""
+        try:
+            await self.kafka.runtime.direct(direct)
+        except Exception:
+            log.exception("slice failed, applying its records one by one")
+            for record, event in direct:
+                try:
+                    await self.kafka.runtime.direct([(record, event)])
+                except Exception as exc:
+                    log.exception("record failed, dead-lettered", extra={"topic": self.topic_name})
+                    await self.dead_letter(record, InvalidEvent("internal", repr(exc)[:300]))
 
     async def delivered(
         self, forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]]
