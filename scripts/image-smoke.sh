@@ -184,7 +184,11 @@ smoke_serve() {
   progress_shows "$name" "$user" win-1 "4 +completed" ||
     show_logs_and_die "$name" "win-1 row of ${user} not found"
   log "ok: serve rows read back (daily-login 1 completed, win-1 4 completed)"
-  curl -fsS "http://127.0.0.1:${metrics}/metrics" | grep -q '^challenge_event_handler_events_total{source="grpc"} 2.0' ||
+  # read the page whole first: with pipefail, `curl | grep -q` fails when grep stops
+  # reading at the match before curl has written everything (SIGPIPE)
+  local scraped
+  scraped="$(curl -fsS "http://127.0.0.1:${metrics}/metrics")" || scraped=""
+  grep -q '^challenge_event_handler_events_total{source="grpc"} 2.0' <<<"$scraped" ||
     show_logs_and_die "$name" "metrics do not count the two events"
   sent="$(in_container "$name" python -m app send --target "127.0.0.1:${grpc}" gdpr --user "$user")"
   [[ "$sent" == OK* ]] || show_logs_and_die "$name" "GDPR deletion refused: ${sent}"
