@@ -18,6 +18,7 @@ from tests.helpers.grpc import (
     users,
     write_config,
 )
+from tests.helpers.kafka import wait_for
 
 pytestmark = [pytest.mark.postgres]
 
@@ -29,6 +30,9 @@ async def test_two_worker_processes_share_the_port(pg_url, tmp_path):
     server = Server(env=env, log_path=tmp_path / "serve.log").start()
     try:
         await server.wait_health()
+        # Health answers as soon as one worker serves; the other may still be starting
+        # (the kernel then gives every connection to the first). Wait for both to bind.
+        await wait_for(lambda: _both_started(server), timeout=30, what="both workers' start lines")
         people = users(40)
         messages = [login(user) for user in people for _ in range(5)]
         bridges = [Bridge(server.target) for _ in range(8)]  # 8 connections, spread by the kernel
@@ -43,14 +47,21 @@ async def test_two_worker_processes_share_the_port(pg_url, tmp_path):
         rows = await fetch_rows(pg_url, people)
         assert {rows[(u, "logins")]["progress"] for u in people} == {5}
         assert await server.metric("challenge_event_handler_events_total", 'source="grpc"') == 200
-        started = server.log_text().count('"event":"gRPC server started"')
-        assert started == 2
+        assert _started(server) == 2
         worker_pids = [int(p) for p in _children(server.proc.pid)]
         assert len(worker_pids) == 2
         assert server.terminate() == 0
         assert all(_gone(pid) for pid in worker_pids)  # both drained and reaped
     finally:
         server.stop_quietly()
+
+
+def _started(server: Server) -> int:
+    return server.log_text().count('"event":"gRPC server started"')
+
+
+async def _both_started(server: Server) -> bool:
+    return _started(server) == 2
 
 
 def _children(pid: int) -> list[str]:
