@@ -112,6 +112,20 @@ class EventClaim:
         self.fresh = {key: stored[key] for key in fresh}
         return {stored[key] for key in keys if key not in fresh}
 
+    def owned_ids(self) -> tuple[list[str], list[str], tuple[datetime, datetime]] | None:
+        """For the one-statement flush: the ids as stored, the user of each, and the
+        (now, expires) times; None when one id came with two users (hostile reuse,
+        left to `record` and `forget`)."""
+        owner: dict[str, str] = {}
+        for event, _ in self.log:
+            event_id = event.event_id
+            if event_id and owner.setdefault(event_id, event.user_id) != event.user_id:
+                return None
+        stored = _stored_ids(list(owner))
+        now = now_utc()
+        users = [owner[original] for original in stored.values()]
+        return list(stored), users, (now, now + timedelta(seconds=self.window))
+
     async def forget(self, conn: AsyncConnection, users: set[str]) -> None:
         """Un-record (same transaction) the ids of `users`' events: their rows were
         carried to a later flush, which records them when it writes them."""

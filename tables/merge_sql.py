@@ -282,17 +282,35 @@ class Dialect:
 # ------------------------------------------------------------------ the rule stages
 
 
-def _stages(d: Dialect) -> list[tuple[str, str]]:
-    """(name, body) of the read-only steps, in order; each reads the one before."""
+def _owners() -> str:
+    """PostgreSQL, whole users: a user any of whose rows another transaction holds is
+    held whole (every delta of theirs carried), so one statement can decide it alone."""
+    return (
+        "SELECT k.*,\n"
+        "           bool_or(h.held IS NOT NULL) OVER (PARTITION BY k.user_id) AS user_held\n"
+        "    FROM locked AS k" + Dialect("postgresql").held_probe()
+    )
+
+
+def _stages(d: Dialect, whole_users: bool = False) -> list[tuple[str, str]]:
+    """(name, body) of the read-only steps, in order; each reads the one before.
+
+    `whole_users` (PostgreSQL): `held` marks every row of a user with a held row."""
     materialized = "MATERIALIZED "
+    held, rows, probe = d.held(), "locked", d.held_probe()
+    owners: list[tuple[str, str]] = []
+    if whole_users:
+        held, rows, probe = "k.user_held", "owners", ""
+        owners = [("owners", _owners())]
     return [
         ("delta", d.source()),
         ("locked", d.locked()),
+        *owners,
         (
             "paired",
             "SELECT k.*,\n"
-            f"           {d.held()} AS held,\n"
-            f"           k.found IS NOT TRUE AND NOT {d.held()} AS fresh,\n"
+            f"           {held} AS held,\n"
+            f"           k.found IS NOT TRUE AND NOT {held} AS fresh,\n"
             "           COALESCE(k.row_progress, 0) AS old_progress,\n"
             f"           COALESCE(k.row_status, '{NOT_STARTED}') AS old_status,\n"
             "           k.row_completed_at AS old_completed_at,\n"
@@ -302,8 +320,8 @@ def _stages(d: Dialect) -> list[tuple[str, str]]:
             "           k.row_expires_at AS old_expires_at,\n"
             "           k.row_baseline_value AS old_baseline,\n"
             "           m.day AS counted_day\n"
-            "    FROM locked AS k\n"
-            f"    LEFT JOIN challenge_daily_marks AS m ON {_key('m', 'k')}{d.held_probe()}",
+            f"    FROM {rows} AS k\n"
+            f"    LEFT JOIN challenge_daily_marks AS m ON {_key('m', 'k')}{probe}",
         ),
         (
             "periods",
@@ -468,6 +486,8 @@ class MergeStatements:
     """SQL texts for one dialect and assignment mode."""
 
     postgres: str | None = None  # one statement: returns (tag, user_id, goal_id)
+    # PostgreSQL, one statement that is a whole flush (see `_claimed`)
+    claimed: str | None = None
     update: str | None = None  # SQLite: the three statements, run in order
     insert: str | None = None
     marks: str | None = None
@@ -475,6 +495,43 @@ class MergeStatements:
 
 def _indent(sql: str) -> str:
     return sql.replace("\n", "\n    ")
+
+
+# The flush's event ids (as stored) and the user of each, beside the rows.
+_CLAIM_IDS = (
+    "SELECT * FROM unnest(CAST(:event_ids AS text[]), CAST(:event_users AS text[]))\n"
+    "    AS e(event_id, user_id)\n"
+    "    WHERE e.user_id NOT IN (SELECT user_id FROM paired WHERE held)"
+)
+_CLAIM = (
+    "INSERT INTO challenge_processed_events (event_id, expires_at)\n"
+    "    SELECT event_id, CAST(:expires AS TIMESTAMP) FROM claim_ids\n"
+    "    ORDER BY event_id\n"
+    "    ON CONFLICT (event_id) DO UPDATE SET expires_at = excluded.expires_at\n"
+    "    WHERE challenge_processed_events.expires_at < CAST(:now AS TIMESTAMP)\n"
+    "    RETURNING event_id"
+)
+
+
+def _claimed(
+    stages: list[tuple[str, str]], writes: list[tuple[str, str]], report: list[str], sound: str
+) -> str:
+    """A whole small flush as one statement, run outside any transaction (one round trip
+    instead of BEGIN, event ids, merge, COMMIT).
+
+    Held users are held whole and their event ids left unrecorded, so nothing has to be
+    undone afterwards. What this statement cannot settle alone — an event id already
+    recorded (a duplicate to re-fold without), a row another writer inserted meanwhile —
+    makes its last step divide by zero: the statement is undone whole and the writer
+    runs the flush the long way, which handles both.
+    """
+    claim = [("claim_ids", _CLAIM_IDS), ("claimed", _indent(_CLAIM))]
+    verdict = (
+        "SELECT 'v', CAST(1 / CASE WHEN (SELECT count(*) FROM claimed)\n"
+        f"        = (SELECT count(*) FROM claim_ids){sound} THEN 1 ELSE 0 END AS text), NULL"
+    )
+    chain = _with(stages + writes + claim)
+    return chain + "\n" + "\nUNION ALL\n".join([*report, verdict])
 
 
 def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements:
@@ -490,6 +547,8 @@ def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements
         )
     writes = [("updated", _update(d))]
     report = ["SELECT 'u' AS tag, user_id, goal_id FROM updated"]
+    raced: list[str] = []
+    sound = ""
     if auto:
         writes.append(("inserted", _insert(d)))
         # Every fresh key inserted (no concurrent writer: the usual case) is decided by
@@ -497,17 +556,21 @@ def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements
         all_inserted = "(SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)"
         was_inserted = f"EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'p')})"
         inserted = f"\n        OR (p.fresh AND ({all_inserted}\n            OR {was_inserted}))"
-        report += [
-            "SELECT 'i', user_id, goal_id FROM inserted",
+        report.append("SELECT 'i', user_id, goal_id FROM inserted")
+        raced = [
             # missing in our snapshot yet not inserted: another writer inserted it
             f"SELECT 'r', p.user_id, p.goal_id FROM paired AS p\n"
             f"    WHERE p.fresh AND NOT {all_inserted}\n"
             f"    AND NOT {was_inserted}",
         ]
+        sound = f"\n        AND {all_inserted}"
     else:
         inserted = ""
         report.append("SELECT 'm', user_id, goal_id FROM paired WHERE fresh")
     writes.append(("marks", _marks(auto, inserted)))
-    report.append("SELECT 'c', user_id, goal_id FROM paired WHERE held")
-    chain = _with(stages + [(name, _indent(body)) for name, body in writes])
-    return MergeStatements(postgres=chain + "\n" + "\nUNION ALL\n".join(report))
+    carried = ["SELECT 'c', user_id, goal_id FROM paired WHERE held"]
+    written = [(name, _indent(body)) for name, body in writes]
+    return MergeStatements(
+        postgres=_with(stages + written) + "\n" + "\nUNION ALL\n".join(report + raced + carried),
+        claimed=_claimed(_stages(d, whole_users=True), written, report + carried, sound),
+    )

@@ -174,6 +174,8 @@ class Writer:
         self.statements = build_statements(self.dialect, assignment_mode)
         # PostgreSQL: the merge in the driver's $n form, run on the driver directly
         self.merge, self.merge_names = positional(self.statements.postgres or "")
+        # ... and a whole small gRPC flush (event ids included) as one statement
+        self.single, self.single_names = positional(self.statements.claimed or "")
         # SQLite has one writer; PostgreSQL can merge disjoint users on several connections.
         self.parallelism = parallelism if self.dialect == "postgresql" else 1
 
@@ -237,6 +239,10 @@ class Writer:
         isolate: bool = False,
     ) -> WriteResult:
         """One transaction; redone without the users whose rows turned out to be held."""
+        if claim is not None and extra is None and not isolate and self.statements.claimed:
+            single = await self._single(deltas, claim)
+            if single is not None:
+                return single
         held: set[str] = set()
         carried: list[Delta] = []
         while True:
@@ -253,6 +259,52 @@ class Writer:
             result.carried[:0] = carried
             result.rows += len(carried)
             return result
+
+    async def _single(self, deltas: Sequence[Delta], claim: EventClaim) -> WriteResult | None:
+        """A small flush (one chunk, one delta per key) in one statement outside a
+        transaction: rows, daily marks and event ids together, held users carried whole.
+
+        None when it does not apply or did not settle it (a duplicate id, a concurrent
+        insert, a row the database refuses): the caller then writes the flush the long
+        way, which handles each of those. A lost database is raised as for any write.
+        """
+        if len(deltas) > self.batch_size:
+            return None
+        rounds = rounds_of(deltas)
+        owned = claim.owned_ids()
+        if len(rounds) != 1 or owned is None:
+            return None
+        chunk = rounds[0]
+        ids, users, (now, expires) = owned
+        params: dict[str, object] = {
+            **postgres_params(chunk),
+            "event_ids": ids,
+            "event_users": users,
+            "now": now,
+            "expires": expires,
+        }
+        try:
+            async with self.engine.connect() as conn:
+                reported = await driver_fetch(
+                    conn, self.single, [params[name] for name in self.single_names]
+                )
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == OUTAGE:
+                raise TransientWriteError(str(exc), kind=kind) from exc
+            return None
+        by_key = {d.key: d for d in chunk}
+        result = WriteResult(rows=len(chunk), statements=1, round_trips=1)
+        for tag, user_id, goal_id in reported:
+            if tag == "u":
+                result.updated += 1
+            elif tag == "i":
+                result.inserted += 1
+            elif tag == "m":
+                result.missing += 1
+            elif tag == "c":
+                result.carried.append(by_key[(user_id, goal_id)])
+        return result
 
     async def _attempt(
         self,

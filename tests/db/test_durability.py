@@ -383,3 +383,55 @@ async def test_a_prune_stuck_behind_a_lock_does_not_hold_up_commits(pg_engine, p
         await flusher.close()  # waits for the prune
     assert "expired-1" not in await processed_ids(pg_engine)
     assert {f"pruned-{n}" for n in range(3)} <= await processed_ids(pg_engine)
+
+
+async def test_a_small_durable_flush_is_one_statement_outside_a_transaction(pg_engine):
+    """Rows, daily marks and event ids in one round trip (no BEGIN/COMMIT): the
+    statement the driver was sent is the whole flush."""
+    await seed(pg_engine, ["one-a"])
+    results = []
+    flusher = durable_flusher(pg_engine, on_flush=lambda _g, r, _t: results.append(r))
+    flusher.start()
+    try:
+        for event in (
+            login("one-a", WHEN, event_id="one-1"),
+            stat("one-a", "enemy_kills", 0, WHEN, inc=4, event_id="one-2"),
+            stat("one-b", "level", 7, WHEN, event_id="one-3"),  # no row yet: inserted
+        ):
+            generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+        assert await flusher.committed(generation, "one-b", 10) == COMMITTED
+    finally:
+        await flusher.close()
+    assert [(r.round_trips, r.statements, r.updated, r.inserted) for r in results] == [(1, 1, 2, 1)]
+    assert {"one-1", "one-2", "one-3"} <= await processed_ids(pg_engine)
+    assert (await row(pg_engine, "one-a", "kills")).progress == 4
+    assert (await row(pg_engine, "one-b", "level")).progress == 7
+
+
+async def test_a_duplicate_id_undoes_the_one_statement_and_the_long_way_applies_the_rest(
+    pg_engine,
+):
+    """An id another replica already recorded: the one statement must not half-apply
+    (it is undone whole); the transaction path re-folds without it."""
+    first = Flusher(Writer(pg_engine), event_id_window=600)
+    await first.add(*_with_goals(stat("dup-u", "enemy_kills", 0, WHEN, inc=3, event_id="d-1")))
+    await first.flush_now()
+    results = []
+    second = Flusher(
+        Writer(pg_engine), event_id_window=600, on_flush=lambda _g, r, _t: results.append(r)
+    )
+    for event in (
+        stat("dup-u", "enemy_kills", 0, WHEN, inc=3, event_id="d-1"),  # the redelivery
+        stat("dup-u", "enemy_kills", 0, WHEN, inc=5, event_id="d-2"),
+        login("dup-v", WHEN, event_id="d-3"),
+    ):
+        await second.add(*_with_goals(event))
+    await second.flush_now()
+    assert [(r.duplicates, r.round_trips > 1) for r in results] == [(1, True)]
+    assert (await row(pg_engine, "dup-u", "kills")).progress == 8
+    assert (await row(pg_engine, "dup-v", "logins")).progress == 1
+    assert {"d-1", "d-2", "d-3"} <= await processed_ids(pg_engine)
+
+
+def _with_goals(event: Event) -> tuple[Event, object]:
+    return event, goals_of(event)

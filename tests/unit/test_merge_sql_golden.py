@@ -39,6 +39,7 @@ def render(dialect: str, mode: str) -> str:
         f"-- {name}\n{sql};\n"
         for name, sql in (
             ("postgres", statements.postgres),
+            ("claimed", statements.claimed),
             ("update", statements.update),
             ("insert", statements.insert),
             ("marks", statements.marks),
