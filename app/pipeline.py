@@ -78,6 +78,7 @@ class Pipeline:
             on_retry=self._retrying,
             event_id_window=settings.dedup_window if record_event_ids else None,
             commit_delay=settings.commit_delay,
+            commit_siblings=settings.commit_siblings,
         )
         # With event ids recorded in the database the window is only the fast path (a
         # duplicate it misses is found by the flush's claim and folded out), so it is
@@ -211,6 +212,17 @@ class Pipeline:
         self._added(event, generation, moved)
         self._unmeasured += 1
         return generation
+
+    async def buffer_batched(self, event: Event) -> bool:
+        """`buffer_nowait`, or, when the buffer is full, `buffer` (waits for space; the
+        event then joins a new generation). True when it had to wait: a caller that
+        attaches bookkeeping to the current generation takes it afresh then."""
+        try:
+            self.buffer_nowait(event)
+        except BufferFull:
+            await self.buffer(event)
+            return True
+        return False
 
     def measured(self, seconds: float) -> None:
         """Metrics of a batch that went through `buffer_nowait`: the events it buffered,

@@ -175,6 +175,7 @@ class Flusher:
         max_backoff: float = 5.0,
         event_id_window: float | None = None,
         commit_delay: float = 0.0,
+        commit_siblings: int = 0,
         carry_retry: float = 0.05,
         prune_every: float = 60.0,
     ):
@@ -187,8 +188,13 @@ class Flusher:
         self.max_backoff = max_backoff
         # Record event ids with the rows (gRPC): dedup across replicas and restarts.
         self.event_id_window = event_id_window
-        # Urgent flushes wait this long for more callers to join (0: start at once).
+        # Urgent flushes wait this long for more callers to join (0: start at once),
+        # when at least `commit_siblings` callers are in flight (`crowd`, set by the
+        # gRPC server; None: always): like PostgreSQL's commit_delay/commit_siblings, a
+        # busy server gathers bigger groups, a quiet one commits at once.
         self.commit_delay = commit_delay
+        self.commit_siblings = commit_siblings
+        self.crowd: Callable[[], int] | None = None
         # Carried rows are retried at least this often while nothing else is flushed.
         self.carry_retry = min(carry_retry, interval)
         # Expired event ids are deleted this often (beside the flushes, never between).
@@ -413,9 +419,13 @@ class Flusher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), due)
                 continue
-            if self.commit_delay and not self._closing:
+            if self.commit_delay and not self._closing and self._crowded():
                 await asyncio.sleep(self.commit_delay)  # let more callers join the group
             await self._flush_generation()
+
+    def _crowded(self) -> bool:
+        crowd = self.crowd
+        return crowd is None or crowd() >= self.commit_siblings
 
     async def _flush_all(self) -> None:
         while self.current is not None or self._carry:

@@ -80,6 +80,8 @@ class EventHandler:
         self.login = Method(LOGIN_METHOD, wire.login_event)
         self.stat = Method(STAT_METHOD, wire.stat_event)
         self.shedder = Shedder(settings.grpc_max_concurrent_rpcs)
+        # Group commit waits for more callers only while this many are in flight.
+        self.flusher.crowd = lambda: self.shedder.in_flight
         self.refusals = RefusalLog(log)
         # The in-flight gauge is read from the Shedder's count at scrape time (nothing to
         # do per call); GRPC_WORKERS' multiprocess mode cannot call back into a worker, so

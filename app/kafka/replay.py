@@ -22,7 +22,6 @@ from app.core.settings import Settings, SettingsError
 from app.kafka.topics import event_type_for
 from app.pipeline import running
 from app.replay import ReplaySummary
-from tables.buffer import BufferFull
 
 
 async def _start_offsets(
@@ -87,10 +86,7 @@ async def replay_range(
                             break
                         event = _event(latest, summary, record, event_type)
                         if event is not None:
-                            try:
-                                pipeline.buffer_nowait(event)
-                            except BufferFull:
-                                await pipeline.buffer(event)  # waits for the flusher
+                            await pipeline.buffer_batched(event)  # waits when full
                         if record.offset + 1 >= end[tp]:
                             active.discard(tp)
                         count += 1

@@ -27,7 +27,7 @@ from app.kafka import metrics as kafka_metrics
 from app.kafka.codec import decode
 from app.pipeline import Pipeline
 from tables import positions as pos
-from tables.buffer import BufferFull, Generation
+from tables.buffer import Generation
 from tables.db import is_transient
 from tables.writer import Extra
 
@@ -124,12 +124,8 @@ class ProgressRuntime:
                 continue
             if latest.stale(event):
                 kafka_metrics.LATE.inc()
-            else:
-                try:
-                    pipeline.buffer_nowait(event)
-                except BufferFull:
-                    await pipeline.buffer(event)  # waits for space: a new generation
-                    acks = self._acks()
+            elif await pipeline.buffer_batched(event):  # waited for space: a new generation
+                acks = self._acks()
             positions[tp] = offset + 1
             dirty.add(tp)
             acks.append(record)
@@ -177,10 +173,7 @@ class ProgressRuntime:
         elif self.latest.stale(item.event):
             kafka_metrics.LATE.inc()
         else:
-            try:
-                self.pipeline.buffer_nowait(item.event)
-            except BufferFull:
-                await self.pipeline.buffer(item.event)
+            await self.pipeline.buffer_batched(item.event)
         # No await between buffering and here: the flusher cannot take the generation
         # in between, so positions and acks join the one holding the event.
         positions.advance(offset, source, item.source_offset)

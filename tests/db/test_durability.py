@@ -435,3 +435,22 @@ async def test_a_duplicate_id_undoes_the_one_statement_and_the_long_way_applies_
 
 def _with_goals(event: Event) -> tuple[Event, object]:
     return event, goals_of(event)
+
+
+@pytest.mark.parametrize(("in_flight", "delayed"), [(3, False), (40, True)])
+async def test_the_commit_delay_applies_only_while_enough_calls_are_in_flight(
+    pg_engine, in_flight, delayed
+):
+    """A quiet server commits at once; a busy one waits the delay for more callers."""
+    flusher = durable_flusher(pg_engine, commit_delay=0.5, commit_siblings=32)
+    flusher.crowd = lambda: in_flight
+    flusher.start()
+    try:
+        event = login(f"crowd-{in_flight}", WHEN)
+        started = time.perf_counter()
+        generation, _ = await flusher.add(event, goals_of(event), urgent=True)
+        assert await flusher.committed(generation, event.user_id, 10) == COMMITTED
+        took = time.perf_counter() - started
+    finally:
+        await flusher.close()
+    assert (took >= 0.5) is delayed, took

@@ -69,12 +69,17 @@ def test_defaults_and_database_selection():
     )
 
 
-def test_commit_delay_defaults_to_5ms_and_can_be_turned_off():
-    """The measured default (docs/durability.md); `0` starts urgent flushes at once."""
-    assert Settings.from_env({}).commit_delay == pytest.approx(0.005)
-    assert Settings().commit_delay == pytest.approx(0.005)
+def test_commit_delay_defaults_to_10ms_past_32_calls_and_can_be_turned_off():
+    """The measured defaults (docs/durability.md); `0` starts urgent flushes at once."""
+    assert Settings.from_env({}).commit_delay == pytest.approx(0.010)
+    assert Settings().commit_delay == pytest.approx(0.010)
+    assert Settings.from_env({}).commit_siblings == Settings().commit_siblings == 32
     assert Settings.from_env({"BUFFER_COMMIT_DELAY": "0"}).commit_delay == 0.0
     assert Settings.from_env({"BUFFER_COMMIT_DELAY": "2ms"}).commit_delay == pytest.approx(0.002)
+    assert Settings.from_env({"BUFFER_COMMIT_SIBLINGS": "1"}).commit_siblings == 1
+    for bad in ("0", "-3", "many", "1e9x"):
+        with pytest.raises(SettingsError, match="BUFFER_COMMIT_SIBLINGS"):
+            Settings.from_env({"BUFFER_COMMIT_SIBLINGS": bad})
 
 
 def test_namespace_required_in_grpc_mode():
