@@ -78,6 +78,7 @@ class Pipeline:
             on_retry=self._retrying,
             event_id_window=settings.dedup_window if record_event_ids else None,
             commit_delay=settings.commit_delay,
+            busy_commit_delay=settings.busy_commit_delay,
             commit_siblings=settings.commit_siblings,
         )
         # With event ids recorded in the database the window is only the fast path (a

@@ -175,6 +175,7 @@ class Flusher:
         max_backoff: float = 5.0,
         event_id_window: float | None = None,
         commit_delay: float = 0.0,
+        busy_commit_delay: float | None = None,
         commit_siblings: int = 0,
         carry_retry: float = 0.05,
         prune_every: float = 60.0,
@@ -188,11 +189,12 @@ class Flusher:
         self.max_backoff = max_backoff
         # Record event ids with the rows (gRPC): dedup across replicas and restarts.
         self.event_id_window = event_id_window
-        # Urgent flushes wait this long for more callers to join (0: start at once),
-        # when at least `commit_siblings` callers are in flight (`crowd`, set by the
-        # gRPC server; None: always): like PostgreSQL's commit_delay/commit_siblings, a
-        # busy server gathers bigger groups, a quiet one commits at once.
+        # Urgent flushes wait `commit_delay` for more callers to join (0: start at once),
+        # and `busy_commit_delay` while at least `commit_siblings` callers are in flight
+        # (`crowd`, set by the gRPC server): a busy server gathers bigger groups, whose
+        # flush costs less per event, without a quiet one paying that latency.
         self.commit_delay = commit_delay
+        self.busy_commit_delay = commit_delay if busy_commit_delay is None else busy_commit_delay
         self.commit_siblings = commit_siblings
         self.crowd: Callable[[], int] | None = None
         # Carried rows are retried at least this often while nothing else is flushed.
@@ -419,13 +421,16 @@ class Flusher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), due)
                 continue
-            if self.commit_delay and not self._closing and self._crowded():
-                await asyncio.sleep(self.commit_delay)  # let more callers join the group
+            delay = self._commit_delay()
+            if delay and not self._closing:
+                await asyncio.sleep(delay)  # let more callers join the group
             await self._flush_generation()
 
-    def _crowded(self) -> bool:
+    def _commit_delay(self) -> float:
         crowd = self.crowd
-        return crowd is None or crowd() >= self.commit_siblings
+        if crowd is not None and crowd() >= self.commit_siblings:
+            return self.busy_commit_delay
+        return self.commit_delay
 
     async def _flush_all(self) -> None:
         while self.current is not None or self._carry:

@@ -137,10 +137,11 @@ class Settings:
     metrics_port: int = 8080
     kafka_bootstrap_servers: str = "localhost:9092"
     flush_interval: float = 1.0
-    # Durable group commit: an urgent flush waits this long for more callers, when at
-    # least `commit_siblings` calls are in flight (a busy server; docs/durability.md has
-    # the measurements behind both defaults).
-    commit_delay: float = 0.010
+    # Durable group commit: an urgent flush waits `commit_delay` for more callers, and
+    # `busy_commit_delay` while at least `commit_siblings` calls are in flight
+    # (docs/durability.md has the measurements behind the defaults).
+    commit_delay: float = 0.005
+    busy_commit_delay: float = 0.010
     commit_siblings: int = 32
     buffer_max_size: int = 10_000
     db_batch_size: int = 1000
@@ -185,7 +186,8 @@ class Settings:
             metrics_port=e.port("METRICS_PORT", "8080"),
             kafka_bootstrap_servers=e.raw("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
             flush_interval=e.duration("BUFFER_FLUSH_INTERVAL", "1s"),
-            commit_delay=e.duration_or_zero("BUFFER_COMMIT_DELAY", "10ms"),
+            commit_delay=e.duration_or_zero("BUFFER_COMMIT_DELAY", "5ms"),
+            busy_commit_delay=e.duration_or_zero("BUFFER_BUSY_COMMIT_DELAY", "10ms"),
             commit_siblings=e.count("BUFFER_COMMIT_SIBLINGS", "32"),
             buffer_max_size=e.count("BUFFER_MAX_SIZE", "10000"),
             db_batch_size=e.count("DB_BATCH_SIZE", "1000"),

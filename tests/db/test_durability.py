@@ -438,11 +438,13 @@ def _with_goals(event: Event) -> tuple[Event, object]:
 
 
 @pytest.mark.parametrize(("in_flight", "delayed"), [(3, False), (40, True)])
-async def test_the_commit_delay_applies_only_while_enough_calls_are_in_flight(
+async def test_the_busy_commit_delay_applies_only_while_enough_calls_are_in_flight(
     pg_engine, in_flight, delayed
 ):
-    """A quiet server commits at once; a busy one waits the delay for more callers."""
-    flusher = durable_flusher(pg_engine, commit_delay=0.5, commit_siblings=32)
+    """A quiet server commits after the short delay; a busy one waits the long one."""
+    flusher = durable_flusher(
+        pg_engine, commit_delay=0.0, busy_commit_delay=0.5, commit_siblings=32
+    )
     flusher.crowd = lambda: in_flight
     flusher.start()
     try:

@@ -69,10 +69,12 @@ def test_defaults_and_database_selection():
     )
 
 
-def test_commit_delay_defaults_to_10ms_past_32_calls_and_can_be_turned_off():
+def test_commit_delay_defaults_to_5ms_10ms_past_32_calls_and_can_be_turned_off():
     """The measured defaults (docs/durability.md); `0` starts urgent flushes at once."""
-    assert Settings.from_env({}).commit_delay == pytest.approx(0.010)
-    assert Settings().commit_delay == pytest.approx(0.010)
+    assert Settings.from_env({}).commit_delay == Settings().commit_delay == pytest.approx(0.005)
+    busy = Settings.from_env({}).busy_commit_delay
+    assert busy == Settings().busy_commit_delay == pytest.approx(0.010)
+    assert Settings.from_env({"BUFFER_BUSY_COMMIT_DELAY": "0"}).busy_commit_delay == 0.0
     assert Settings.from_env({}).commit_siblings == Settings().commit_siblings == 32
     assert Settings.from_env({"BUFFER_COMMIT_DELAY": "0"}).commit_delay == 0.0
     assert Settings.from_env({"BUFFER_COMMIT_DELAY": "2ms"}).commit_delay == pytest.approx(0.002)
