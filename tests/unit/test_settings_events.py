@@ -39,6 +39,9 @@ def test_durations(raw, seconds):
         ({"DEDUP_WINDOW": "0s"}, "DEDUP_WINDOW"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"BUFFER_COMMIT_DELAY": "-5ms"}, "BUFFER_COMMIT_DELAY"),
+        ({"BUFFER_BUSY_COMMIT_DELAY": "later"}, "BUFFER_BUSY_COMMIT_DELAY"),
+        ({"BUFFER_COMMIT_SIBLINGS": "0"}, "BUFFER_COMMIT_SIBLINGS"),
     ],
 )
 def test_a_bad_value_names_the_variable(env, variable):
