@@ -125,6 +125,26 @@ class _Held(Exception):
         self.users = users
 
 
+def _tally(
+    reported: Sequence[Sequence[str]], by_key: dict[tuple[str, str], Delta], result: WriteResult
+) -> list[Delta]:
+    """Count a merge statement's report into `result`; returns the deltas reported 'r'
+    (inserted meanwhile by another writer)."""
+    raced: list[Delta] = []
+    for tag, user_id, goal_id in reported:
+        if tag == "u":
+            result.updated += 1
+        elif tag == "i":
+            result.inserted += 1
+        elif tag == "m":
+            result.missing += 1
+        elif tag == "c":
+            result.carried.append(by_key[(user_id, goal_id)])
+        elif tag == "r":
+            raced.append(by_key[(user_id, goal_id)])
+    return raced
+
+
 def rounds_of(deltas: Sequence[Delta]) -> list[list[Delta]]:
     """Split so each round holds one delta per (user, goal), in period order."""
     ordered = sorted(
@@ -293,17 +313,8 @@ class Writer:
             if kind == OUTAGE:
                 raise TransientWriteError(str(exc), kind=kind) from exc
             return None
-        by_key = {d.key: d for d in chunk}
         result = WriteResult(rows=len(chunk), statements=1, round_trips=1)
-        for tag, user_id, goal_id in reported:
-            if tag == "u":
-                result.updated += 1
-            elif tag == "i":
-                result.inserted += 1
-            elif tag == "m":
-                result.missing += 1
-            elif tag == "c":
-                result.carried.append(by_key[(user_id, goal_id)])
+        _tally(reported, {d.key: d for d in chunk}, result)  # no 'r': the verdict undoes it
         return result
 
     async def _attempt(
@@ -457,18 +468,7 @@ class Writer:
             params = postgres_params(pending)
             reported = await driver_fetch(conn, self.merge, [params[name] for name in names])
             result.statements += 1
-            again: list[Delta] = []
-            for tag, user_id, goal_id in reported:
-                if tag == "u":
-                    result.updated += 1
-                elif tag == "i":
-                    result.inserted += 1
-                elif tag == "m":
-                    result.missing += 1
-                elif tag == "c":
-                    result.carried.append(by_key[(user_id, goal_id)])
-                else:  # 'r' raced insert: re-run with a fresh snapshot
-                    again.append(by_key[(user_id, goal_id)])
+            again = _tally(reported, by_key, result)  # 'r': re-run with a fresh snapshot
             if not again:
                 return
             pending = again
