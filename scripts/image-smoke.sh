@@ -79,9 +79,13 @@ ensure_base() {
   for tag in "${BASE_TAGS[@]}"; do podman image exists "$tag" || missing=1; done
   ((missing == 0)) && { log "base image: cached stand-in ${BASE_TAGS[0]}"; return 0; }
   local tar="${CACHE}/bookworm-python.tar"
-  if [[ ! -s "$tar" ]]; then
+  if [[ ! -f "$tar" || ! -s "$tar" ]]; then
     log "building the python:3.11-slim stand-in with mmdebstrap (one-off, a few minutes)"
-    mmdebstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+    # --format: mmdebstrap picks the format from the name's extension, and `.tmp` would
+    # make it a directory; a leftover of an interrupted build (file or directory) goes.
+    rm -rf "$tar" "${tar}.tmp"
+    mmdebstrap --variant=minbase --format=tar \
+      --include=python3,python3-venv,python3-pip,ca-certificates \
       bookworm "${tar}.tmp" >&2 </dev/null
     mv "${tar}.tmp" "$tar"
   fi
