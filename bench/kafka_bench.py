@@ -433,6 +433,9 @@ async def main() -> None:
     parser.add_argument("--login-share", type=float, default=0.2)
     parser.add_argument("--flush-interval", default="200ms")
     parser.add_argument(
+        "--buffer-max-size", default="10000", help="BUFFER_MAX_SIZE for replay and workers"
+    )
+    parser.add_argument(
         "--runs",
         default="raw,replay,worker1,worker2,kill",
         help="comma-separated subset of raw,replay,worker1,worker2,kill",
@@ -463,6 +466,7 @@ async def main() -> None:
             "AB_NAMESPACE": ns,
             "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
             "BUFFER_FLUSH_INTERVAL": args.flush_interval,
+            "BUFFER_MAX_SIZE": args.buffer_max_size,
         }
     )
     events = make_events(ns, args.events, args.users, args.login_share, seed=11)
@@ -482,6 +486,7 @@ async def main() -> None:
         "namespace": ns,
         "produce_s": round(produce_s, 2),
         "flush_interval": args.flush_interval,
+        "buffer_max_size": args.buffer_max_size,
         "commit": git_commit(APP_ROOT[0]),
         "expected_rows": len(expected),
         "runs": {},
@@ -494,6 +499,7 @@ async def main() -> None:
         "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
         "CONFIG_PATH": str(CONFIG),
         "BUFFER_FLUSH_INTERVAL": args.flush_interval,
+        "BUFFER_MAX_SIZE": args.buffer_max_size,
         "LOG_LEVEL": "warning",
     }
     try:
