@@ -282,7 +282,7 @@ class Dialect:
 # ------------------------------------------------------------------ the rule stages
 
 
-def _owners() -> str:
+def _owners(d: Dialect) -> str:
     """PostgreSQL, whole users: a user any of whose rows another transaction holds is
     held whole (every delta of theirs carried), so one statement can decide it alone."""
     return (
@@ -301,7 +301,7 @@ def _stages(d: Dialect, whole_users: bool = False) -> list[tuple[str, str]]:
     owners: list[tuple[str, str]] = []
     if whole_users:
         held, rows, probe = "k.user_held", "owners", ""
-        owners = [("owners", _owners())]
+        owners = [("owners", _owners(d))]
     return [
         ("delta", d.source()),
         ("locked", d.locked()),
