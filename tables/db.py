@@ -101,7 +101,8 @@ def backoff_delay(attempt: int, *, base: float = 0.05, cap: float = 5.0) -> floa
     return min(cap, base * 2.0 ** min(attempt, 30))
 
 
-def _sqlstate(exc: BaseException) -> str:
+def sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE an error carries (SQLAlchemy's or the driver's), else \"\"."""
     orig = getattr(exc, "orig", None)
     for candidate in (orig, getattr(orig, "__cause__", None), exc):
         code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
@@ -121,7 +122,7 @@ def classify(exc: BaseException) -> str:
         return DATA
     if exc.connection_invalidated:
         return OUTAGE
-    code = _sqlstate(exc)
+    code = sqlstate(exc)
     if code:
         return _by_sqlstate(code, DATA)
     if isinstance(exc, OperationalError | InterfaceError | ProgrammingError):

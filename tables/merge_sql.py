@@ -24,10 +24,18 @@ also says how the writer reads each column off a Delta.
 
 PostgreSQL runs one statement per chunk: the chain, then data-modifying steps (update,
 insert, daily marks) and a report of one (tag, user_id, goal_id) per key:
-'u' updated, 'i' inserted, 'm' no row (required mode), 'r' inserted concurrently by
-another writer (re-run with a fresh snapshot), 'c' held by another transaction (the row
-is left alone, its daily mark too; the caller carries the delta to the next flush).
-Everything else (a guarded row) is not reported. SQLite (embedded, single writer) runs
+'u' updated, 'i' inserted, 'm' no row (required mode), 'r' inserted or changed
+concurrently by another writer (re-run with a fresh snapshot), 'c' held by another
+transaction (the row is left alone, its daily mark too; the caller carries the delta to
+the next flush). Everything else (a guarded row) is not reported.
+
+It comes in two forms. The *locking* form reads each row with `FOR UPDATE SKIP LOCKED`
+(a held row is skipped at once, reported 'c'). The *optimistic* form, for large flushes,
+reads the rows without locking them and updates each one by its ctid: a row another
+transaction changed meanwhile has a new ctid, so the update passes it by and it is
+reported 'r' (re-run on the new version); a row another transaction holds makes the
+update wait, which the writer bounds with a short `lock_timeout` and then falls back to
+the locking form. It spares a lock (and its WAL record) and an index probe per row. SQLite (embedded, single writer) runs
 the same chain in three statements in the caller's transaction: update, insert, marks.
 """
 
@@ -221,14 +229,27 @@ class Dialect:
         )
         return f"SELECT\n        {fields}\n    FROM json_each(:rows)"
 
-    def locked(self) -> str:
+    def locked(self, optimistic: bool = False) -> str:
         """Each delta with its current row (row_* columns, NULL when none).
 
         PostgreSQL locks the rows one index probe at a time, in the chunk's key order
-        (the writer sorts it), skipping rows another transaction holds; SQLite has a
-        single writer and needs no lock.
+        (the writer sorts it), skipping rows another transaction holds; optimistic, it
+        reads them (and their ctid) without a lock. SQLite has a single writer and needs
+        no lock.
         """
         row = ",\n               ".join(f"x.{c} AS row_{c}" for c in ROW_COLUMNS)
+        if optimistic:
+            # LIMIT 1 keeps it one index probe per key (never a hash join over the table)
+            return (
+                "SELECT s.*, l.*\n"
+                "    FROM delta AS s\n"
+                "    LEFT JOIN LATERAL (\n"
+                f"        SELECT TRUE AS found, x.ctid AS row_ctid, {row}\n"
+                "        FROM user_goal_progress AS x\n"
+                f"        WHERE {_key('x', 's')}\n"
+                "        LIMIT 1\n"
+                "    ) AS l ON TRUE"
+            )
         if self.pg:
             return (
                 "SELECT s.*, l.*\n"
@@ -261,6 +282,21 @@ class Dialect:
             "    ) AS h ON TRUE"
         )
 
+    def mark(self) -> str:
+        """The "counted today" mark of each key (only increment+daily goals have one).
+
+        PostgreSQL probes the mark index only for those keys (a hash join would read the
+        whole marks table on every statement)."""
+        if self.pg:
+            return (
+                "\n    LEFT JOIN LATERAL (\n"
+                "        SELECT m.day FROM challenge_daily_marks AS m\n"
+                f"        WHERE k.family = {COUNTER_DAILY} AND {_key('m', 'k')}\n"
+                "        LIMIT 1\n"
+                "    ) AS m ON TRUE"
+            )
+        return f"\n    LEFT JOIN challenge_daily_marks AS m ON {_key('m', 'k')}"
+
     def first_step_time(self, need: str) -> str:
         """Event time of the first buffered step whose level reaches `need`."""
         if self.pg:
@@ -292,25 +328,31 @@ def _owners(d: Dialect) -> str:
     )
 
 
-def _stages(d: Dialect, whole_users: bool = False) -> list[tuple[str, str]]:
+def _stages(
+    d: Dialect, whole_users: bool = False, optimistic: bool = False
+) -> list[tuple[str, str]]:
     """(name, body) of the read-only steps, in order; each reads the one before.
 
-    `whole_users` (PostgreSQL): `held` marks every row of a user with a held row."""
+    `whole_users` (PostgreSQL): `held` marks every row of a user with a held row.
+    `optimistic` (PostgreSQL): rows read unlocked, with their ctid; nothing is held."""
     materialized = "MATERIALIZED "
     held, rows, probe = d.held(), "locked", d.held_probe()
     owners: list[tuple[str, str]] = []
     if whole_users:
         held, rows, probe = "k.user_held", "owners", ""
         owners = [("owners", _owners(d))]
+    fresh = f"k.found IS NOT TRUE AND NOT {held}"
+    if optimistic:
+        held, probe, fresh = "FALSE", "", "k.found IS NOT TRUE"
     return [
         ("delta", d.source()),
-        ("locked", d.locked()),
+        ("locked", d.locked(optimistic)),
         *owners,
         (
             "paired",
             "SELECT k.*,\n"
             f"           {held} AS held,\n"
-            f"           k.found IS NOT TRUE AND NOT {held} AS fresh,\n"
+            f"           {fresh} AS fresh,\n"
             "           COALESCE(k.row_progress, 0) AS old_progress,\n"
             f"           COALESCE(k.row_status, '{NOT_STARTED}') AS old_status,\n"
             "           k.row_completed_at AS old_completed_at,\n"
@@ -320,8 +362,7 @@ def _stages(d: Dialect, whole_users: bool = False) -> list[tuple[str, str]]:
             "           k.row_expires_at AS old_expires_at,\n"
             "           k.row_baseline_value AS old_baseline,\n"
             "           m.day AS counted_day\n"
-            f"    FROM {rows} AS k\n"
-            f"    LEFT JOIN challenge_daily_marks AS m ON {_key('m', 'k')}{probe}",
+            f"    FROM {rows} AS k{d.mark()}{probe}",
         ),
         (
             "periods",
@@ -401,7 +442,8 @@ def _stages(d: Dialect, whole_users: bool = False) -> list[tuple[str, str]]:
         (
             materialized + "merged",
             "SELECT user_id, goal_id, challenge_id, namespace, family, fresh, is_active,\n"
-            "           new_progress,\n"
+            + ("           row_ctid,\n" if optimistic else "")
+            + "           new_progress,\n"
             f"           CASE WHEN family = {DAILY} OR keep_completed OR completes\n"
             f"               THEN '{COMPLETED}' ELSE '{IN_PROGRESS}' END AS new_status,\n"
             f"           CASE WHEN family = {DAILY} THEN first_time\n"
@@ -427,9 +469,13 @@ def _with(stages: list[tuple[str, str]]) -> str:
     return "WITH\n" + ",\n".join(parts)
 
 
-def _update(d: Dialect) -> str:
+def _update(d: Dialect, optimistic: bool = False) -> str:
     # SQLite's RETURNING sees only the target table, and not by its alias.
     returning = "t.user_id, t.goal_id" if d.pg else "user_id, goal_id"
+    # Optimistic: the row version that was read, by its ctid. One another transaction
+    # changed meanwhile is a new version with another ctid: passed by (after waiting for
+    # that transaction), reported 'r' and re-run.
+    where = f"t.ctid = n.row_ctid AND {_key('t', 'n')}" if optimistic else _key("t", "n")
     return (
         "UPDATE user_goal_progress AS t\n"
         "    SET progress = n.new_progress,\n"
@@ -440,7 +486,7 @@ def _update(d: Dialect) -> str:
         "        baseline_value = n.new_baseline,\n"
         f"        updated_at = {d.now()}\n"
         "    FROM merged AS n\n"
-        f"    WHERE {_key('t', 'n')} AND NOT n.fresh\n"
+        f"    WHERE {where} AND NOT n.fresh\n"
         f"    RETURNING {returning}"
     )
 
@@ -463,13 +509,14 @@ def _insert(d: Dialect) -> str:
     )
 
 
-def _marks(auto: bool, inserted: str) -> str:
+def _marks(auto: bool, inserted: str, changed: str = "") -> str:
     """Advance the "counted today" mark of increment+daily goals (SPEC §4).
 
     Rows we hold (auto mode: any; required mode: active ones) and rows we inserted;
-    never a held ('c') or raced ('r') key, whose delta is written by a later statement.
+    never a held ('c') or raced ('r') key, whose delta is written by a later statement
+    (`changed`: optimistic, the existing rows passed by because they changed).
     """
-    existing = "NOT p.held AND NOT p.fresh" + ("" if auto else " AND p.is_active")
+    existing = "NOT p.held AND NOT p.fresh" + ("" if auto else " AND p.is_active") + changed
     return (
         "INSERT INTO challenge_daily_marks (user_id, goal_id, day)\n"
         "    SELECT p.user_id, p.goal_id, p.period_start\n"
@@ -488,6 +535,8 @@ class MergeStatements:
     postgres: str | None = None  # one statement: returns (tag, user_id, goal_id)
     # PostgreSQL, one statement that is a whole flush (see `_claimed`)
     claimed: str | None = None
+    # PostgreSQL, the unlocked form of `postgres` for large flushes (module docstring)
+    optimistic: str | None = None
     update: str | None = None  # SQLite: the three statements, run in order
     insert: str | None = None
     marks: str | None = None
@@ -534,6 +583,52 @@ def _claimed(
     return chain + "\n" + "\nUNION ALL\n".join([*report, verdict])
 
 
+def _written(
+    d: Dialect, auto: bool, optimistic: bool
+) -> tuple[list[tuple[str, str]], list[str], str]:
+    """PostgreSQL: the data-modifying steps, the report (without 'c') and, in auto mode,
+    the condition that every fresh key was inserted (the one-statement flush's verdict)."""
+    writes = [("updated", _update(d, optimistic))]
+    report = ["SELECT 'u' AS tag, user_id, goal_id FROM updated"]
+    changed = sound = ""
+    if optimistic:
+        # Every read row updated (no concurrent writer: the usual case) is decided by two
+        # counts, so the per-key look-ups run only after a race.
+        all_updated = (
+            "(SELECT count(*) FROM updated) = (SELECT count(*) FROM merged WHERE NOT fresh)"
+        )
+        changed = (
+            f"\n        AND ({all_updated}\n"
+            f"            OR EXISTS (SELECT 1 FROM updated AS u WHERE {_key('u', 'p')})\n"
+            f"            OR NOT EXISTS (SELECT 1 FROM merged AS n WHERE {_key('n', 'p')}))"
+        )
+    if auto:
+        writes.append(("inserted", _insert(d)))
+        all_inserted = "(SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)"
+        was_inserted = f"EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'p')})"
+        inserted = f"\n        OR (p.fresh AND ({all_inserted}\n            OR {was_inserted}))"
+        report += [
+            "SELECT 'i', user_id, goal_id FROM inserted",
+            # missing in our snapshot yet not inserted: another writer inserted it
+            f"SELECT 'r', p.user_id, p.goal_id FROM paired AS p\n"
+            f"    WHERE p.fresh AND NOT {all_inserted}\n"
+            f"    AND NOT {was_inserted}",
+        ]
+        sound = f"\n        AND {all_inserted}"
+    else:
+        inserted = ""
+        report.append("SELECT 'm', user_id, goal_id FROM paired WHERE fresh")
+    if optimistic:
+        report.append(
+            # read, passed the guards, yet not updated: another writer changed it
+            "SELECT 'r', n.user_id, n.goal_id FROM merged AS n\n"
+            f"    WHERE NOT n.fresh AND NOT {all_updated}\n"
+            f"    AND NOT EXISTS (SELECT 1 FROM updated AS u WHERE {_key('u', 'n')})"
+        )
+    writes.append(("marks", _marks(auto, inserted, changed)))
+    return [(name, _indent(body)) for name, body in writes], report, sound
+
+
 def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements:
     d = Dialect(dialect_name)
     auto = assignment_mode == "auto"
@@ -545,32 +640,13 @@ def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements
             insert=f"{chain}\n{_insert(d)}" if auto else None,
             marks=f"{chain}\n{_marks(auto, '')}",
         )
-    writes = [("updated", _update(d))]
-    report = ["SELECT 'u' AS tag, user_id, goal_id FROM updated"]
-    raced: list[str] = []
-    sound = ""
-    if auto:
-        writes.append(("inserted", _insert(d)))
-        # Every fresh key inserted (no concurrent writer: the usual case) is decided by
-        # two counts, so the per-key look-ups below run only after a race.
-        all_inserted = "(SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)"
-        was_inserted = f"EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'p')})"
-        inserted = f"\n        OR (p.fresh AND ({all_inserted}\n            OR {was_inserted}))"
-        report.append("SELECT 'i', user_id, goal_id FROM inserted")
-        raced = [
-            # missing in our snapshot yet not inserted: another writer inserted it
-            f"SELECT 'r', p.user_id, p.goal_id FROM paired AS p\n"
-            f"    WHERE p.fresh AND NOT {all_inserted}\n"
-            f"    AND NOT {was_inserted}",
-        ]
-        sound = f"\n        AND {all_inserted}"
-    else:
-        inserted = ""
-        report.append("SELECT 'm', user_id, goal_id FROM paired WHERE fresh")
-    writes.append(("marks", _marks(auto, inserted)))
-    carried = ["SELECT 'c', user_id, goal_id FROM paired WHERE held"]
-    written = [(name, _indent(body)) for name, body in writes]
+    written, report, sound = _written(d, auto, optimistic=False)
+    report.append("SELECT 'c', user_id, goal_id FROM paired WHERE held")
+    fast, fast_report, _ = _written(d, auto, optimistic=True)
     return MergeStatements(
-        postgres=_with(stages + written) + "\n" + "\nUNION ALL\n".join(report + raced + carried),
-        claimed=_claimed(_stages(d, whole_users=True), written, report + carried, sound),
+        postgres=_with(stages + written) + "\n" + "\nUNION ALL\n".join(report),
+        claimed=_claimed(_stages(d, whole_users=True), written, report, sound),
+        optimistic=_with(_stages(d, optimistic=True) + fast)
+        + "\n"
+        + "\nUNION ALL\n".join(fast_report),
     )

@@ -12,6 +12,10 @@
   returned in `WriteResult.carried`, so the user's events stay whole and in order and
   their ids are not recorded as applied. With `extra` (Kafka positions, which must only
   cover what is committed) a held row raises `RowsLocked` instead: the caller waits.
+- Large flushes on PostgreSQL read their rows without locking them and update each by
+  its ctid (tables/merge_sql.py, the optimistic form): a row changed meanwhile is re-run,
+  and a row another transaction holds ends the wait at `LOCK_TIMEOUT`; the flush is then
+  redone in the locking form (SKIP LOCKED), which stays in use for `CONTENDED_FOR`.
 - A transient failure (database down, deadlock) is raised as `TransientWriteError`; the
   caller keeps the batch and retries it. A dead letter the database cannot store as-is
   (NUL, invalid UTF-8) is stored escaped, so an isolating write always terminates.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +36,7 @@ from sqlalchemy import TextClause, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.progress import Delta
-from tables.db import OUTAGE, RETRY, classify, driver_fetch, positional
+from tables.db import OUTAGE, RETRY, classify, driver_fetch, positional, sqlstate
 from tables.event_ids import EventClaim, storable
 from tables.merge_sql import build_statements, postgres_params, sqlite_params
 from tables.schema import challenge_dead_letters
@@ -39,6 +44,13 @@ from tables.schema import challenge_dead_letters
 log = logging.getLogger(__name__)
 
 Extra = Callable[[AsyncConnection], Awaitable[None]]
+
+# Optimistic flushes: the longest wait for a row another transaction holds (the backend's
+# claim holds one for up to ~10 s) before the flush is redone in the locking form, and
+# how long the locking form is used after that.
+LOCK_TIMEOUT = "50ms"
+CONTENDED_FOR = 10.0
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 class TransientWriteError(Exception):
@@ -117,6 +129,10 @@ class _Poison(Exception):
         self.cause = cause
 
 
+class _LockWait(Exception):
+    """An optimistic flush waited too long for a row another transaction holds."""
+
+
 class _Held(Exception):
     """Rolls back a transaction that wrote part of a held user's deltas."""
 
@@ -187,6 +203,8 @@ class Writer:
         batch_size: int = 1000,
         assignment_mode: str = "auto",
         parallelism: int = 1,
+        optimistic: bool = True,
+        lock_timeout: str = LOCK_TIMEOUT,
     ):
         self.engine = engine
         self.batch_size = batch_size
@@ -196,6 +214,12 @@ class Writer:
         self.merge, self.merge_names = positional(self.statements.postgres or "")
         # ... and a whole small gRPC flush (event ids included) as one statement
         self.single, self.single_names = positional(self.statements.claimed or "")
+        # ... and the unlocked form for the flushes written the long way
+        self.fast, self.fast_names = positional(self.statements.optimistic or "")
+        self.optimistic = optimistic and self.statements.optimistic is not None
+        self._set_lock_timeout = f"SET LOCAL lock_timeout = '{lock_timeout}'"
+        self._contended_until = 0.0
+        self.lock_fallbacks = 0  # optimistic flushes redone with row locks
         # SQLite has one writer; PostgreSQL can merge disjoint users on several connections.
         self.parallelism = parallelism if self.dialect == "postgresql" else 1
 
@@ -327,6 +351,15 @@ class Writer:
     ) -> WriteResult:
         if not isolate:
             try:
+                if self.optimistic and time.monotonic() >= self._contended_until:
+                    try:
+                        return await self._transaction(
+                            deltas, extra, claim, source=source, optimistic=True
+                        )
+                    except _LockWait:
+                        log.info("rows held by another transaction: flushing with row locks")
+                        self.lock_fallbacks += 1
+                        self._contended_until = time.monotonic() + CONTENDED_FOR
                 return await self._transaction(deltas, extra, claim, source=source)
             except _Poison as poison:
                 log.warning(
@@ -349,10 +382,13 @@ class Writer:
         source: str,
         isolate: bool = False,
         forced: bool = False,
+        optimistic: bool = False,
     ) -> WriteResult:
         result = WriteResult()
         try:
             async with self.engine.begin() as conn:
+                if optimistic:
+                    await driver_fetch(conn, self._set_lock_timeout, [])
                 if claim is not None:
                     duplicates = await claim.record(conn)
                     if duplicates:
@@ -365,7 +401,7 @@ class Writer:
                         if isolate:
                             await self._isolating(conn, chunk, result, forced)
                         else:
-                            await self._chunk(conn, chunk, result)
+                            await self._chunk(conn, chunk, result, optimistic)
                 if result.carried:
                     await self._hold(conn, deltas, claim, extra, result)
                 if result.poisoned:
@@ -373,11 +409,13 @@ class Writer:
                 if extra is not None:
                     await extra(conn)
                 result.round_trips += (
-                    2 + result.statements + (claim is not None) + bool(result.poisoned)
+                    2 + optimistic + result.statements + (claim is not None) + bool(result.poisoned)
                 )
         except (_Poison, _Held, TransientWriteError):
             raise
         except Exception as exc:
+            if optimistic and sqlstate(exc) == _LOCK_NOT_AVAILABLE:
+                raise _LockWait() from exc
             kind = classify(exc)
             if kind in (OUTAGE, RETRY):
                 raise TransientWriteError(str(exc), kind=kind) from exc
@@ -452,21 +490,29 @@ class Writer:
                     extra={"letter": ascii(row)[:2000], "error": str(exc)[:300]},
                 )
 
-    async def _chunk(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult) -> None:
+    async def _chunk(
+        self,
+        conn: AsyncConnection,
+        chunk: list[Delta],
+        result: WriteResult,
+        optimistic: bool = False,
+    ) -> None:
         if self.statements.postgres is not None:
-            await self._postgres(conn, chunk, result)
+            await self._postgres(conn, chunk, result, optimistic)
         else:
             await self._sqlite(conn, chunk, result)
 
     async def _postgres(
-        self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult
+        self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult, optimistic: bool
     ) -> None:
         by_key = {d.key: d for d in chunk}
         pending = chunk
-        names = self.merge_names
+        statement, names = (
+            (self.fast, self.fast_names) if optimistic else (self.merge, self.merge_names)
+        )
         for _attempt in range(5):
             params = postgres_params(pending)
-            reported = await driver_fetch(conn, self.merge, [params[name] for name in names])
+            reported = await driver_fetch(conn, statement, [params[name] for name in names])
             result.statements += 1
             again = _tally(reported, by_key, result)  # 'r': re-run with a fresh snapshot
             if not again:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from app.core.events import Event
-from app.core.progress import Delta
+from app.core.progress import Delta, fold
 from app.core.settings import async_database_url
 from app.pipeline import source_of
 from tables.buffer import ABORTED, COMMITTED, TIMED_OUT, Flusher
@@ -20,7 +20,7 @@ from tables.db import make_engine
 from tables.schema import challenge_dead_letters, challenge_processed_events
 from tables.writer import RowsLocked, TransientWriteError, Writer
 from tests.helpers.faults import RowLock
-from tests.helpers.support import config, goal, login, put_row, row, rows, stat
+from tests.helpers.support import config, goal, login, put_row, row, rows, stat, ts
 
 WHEN = "2026-11-20 10:00"
 CFG = config(
@@ -456,3 +456,68 @@ async def test_the_busy_commit_delay_applies_only_while_enough_calls_are_in_flig
     finally:
         await flusher.close()
     assert (took >= 0.5) is delayed, took
+
+
+# ----------------------------------------------------------------- the optimistic form
+
+STREAK = config(goal("streak", "login", target=5, type="increment", daily=True))
+
+
+async def test_an_optimistic_flush_reruns_a_row_changed_meanwhile(pg_engine, pg_url):
+    """Rows are read unlocked and updated by ctid. Another session changes a row after
+    our read and commits while our update waits for it: our update passes the old
+    version by, the key is re-run on the new one, and the day's mark moves once."""
+    await put_row(pg_engine, "racer", "streak", progress=3, status="in_progress")
+    writer = Writer(pg_engine, lock_timeout="10s")
+    event = login("racer", "2026-11-21 10:00")
+    deltas: dict = {}
+    fold(deltas, event, STREAK.goals_for(source_of(event), ""))
+    other = await asyncpg.connect(pg_url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("UPDATE user_goal_progress SET progress = 7 WHERE user_id = 'racer'")
+        write = asyncio.create_task(writer.write(list(deltas.values())))
+        await _wait_for_lock_wait(other)  # our update waits behind the other session
+        await tx.commit()
+        result = await asyncio.wait_for(write, 10)
+    finally:
+        await other.close()
+    assert result.updated == 1 and result.statements == 2  # the re-run of the changed key
+    assert (await row(pg_engine, "racer", "streak")).progress == 8  # 7, then our +1
+    async with pg_engine.connect() as conn:
+        marks = (await conn.execute(text("SELECT day FROM challenge_daily_marks"))).all()
+    assert [m.day for m in marks] == [ts("2026-11-21 00:00")]
+    assert writer.lock_fallbacks == 0
+
+
+async def test_an_optimistic_flush_meeting_a_held_row_falls_back_to_row_locks(pg_engine, pg_url):
+    """A row held (not changed) by another session: the optimistic update waits at most
+    the lock timeout, then the flush is redone in the locking form (held user carried,
+    the rest written) and the locking form stays in use while contended."""
+    await seed(pg_engine, ["held", "free"])
+    writer = Writer(pg_engine, lock_timeout="50ms")
+    deltas = [_delta_for(login("held", WHEN)), _delta_for(login("free", WHEN))]
+    async with RowLock(pg_url, ["held"]):
+        started = time.perf_counter()
+        result = await writer.write(deltas)
+        assert time.perf_counter() - started < 2.0
+        assert [d.user_id for d in result.carried] == ["held"]
+        assert (await row(pg_engine, "free", "logins")).progress == 1
+        assert (await row(pg_engine, "held", "logins")).progress == 0
+        again = await writer.write([_delta_for(login("free", WHEN))])
+        assert again.updated == 1
+    assert writer.lock_fallbacks == 1  # the second flush went straight to row locks
+
+
+async def _wait_for_lock_wait(conn: asyncpg.Connection) -> None:
+    """Until some other backend waits for a lock (our flush's update)."""
+    for _ in range(200):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the flush never waited for the other session's row")

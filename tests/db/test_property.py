@@ -147,7 +147,7 @@ def _project(found: dict) -> dict:
     return {key: {k: v for k, v in r.items() if k in keep} for key, r in comparable(found).items()}
 
 
-async def _three_ways(url: str, events: list[Event]) -> tuple[dict, dict]:
+async def _three_ways(url: str, events: list[Event], optimistic: bool) -> tuple[dict, dict]:
     engine = make_engine(async_database_url("DATABASE_URL", url))
     try:
         results = []
@@ -155,16 +155,16 @@ async def _three_ways(url: str, events: list[Event]) -> tuple[dict, dict]:
             async with engine.begin() as conn:
                 await conn.execute(text("DELETE FROM user_goal_progress"))
                 await conn.execute(text("DELETE FROM challenge_daily_marks"))
-            await runner(engine, CONFIG, events)
+            await runner(engine, CONFIG, events, optimistic=optimistic)
             results.append(_project(await rows(engine)))
         return results[0], results[1]
     finally:
         await engine.dispose()
 
 
-def _check(url: str, raw) -> None:
+def _check(url: str, raw, optimistic: bool = True) -> None:
     events = _events(raw)
-    buffered, sequential = asyncio.run(_three_ways(url, events))
+    buffered, sequential = asyncio.run(_three_ways(url, events, optimistic))
     assert buffered == sequential
     expected = oracle(events)
     assert sequential == expected
@@ -183,4 +183,14 @@ def test_buffered_equals_sequential_equals_oracle_sqlite(sqlite_url, raw):
 )
 @given(raw=st.lists(event_strategy, min_size=1, max_size=14))
 def test_buffered_equals_sequential_equals_oracle_postgres(pg_url, raw):
+    """The optimistic form (rows read unlocked, updated by ctid): large flushes."""
     _check(pg_url, raw)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=st.lists(event_strategy, min_size=1, max_size=14))
+def test_buffered_equals_sequential_equals_oracle_postgres_locking(pg_url, raw):
+    """The locking form (FOR UPDATE SKIP LOCKED): after a lock wait, and isolation."""
+    _check(pg_url, raw, optimistic=False)

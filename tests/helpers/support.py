@@ -91,9 +91,13 @@ async def flush(
     *,
     assignment_mode: str = "auto",
     batch_size: int = 1000,
+    optimistic: bool = True,
 ) -> WriteResult:
-    """Buffer `events` and write them as ONE flush."""
-    writer = Writer(engine, batch_size=batch_size, assignment_mode=assignment_mode)
+    """Buffer `events` and write them as ONE flush (`optimistic`: the PostgreSQL form
+    that reads rows unlocked; False: the locking form)."""
+    writer = Writer(
+        engine, batch_size=batch_size, assignment_mode=assignment_mode, optimistic=optimistic
+    )
     results: list[WriteResult] = []
     flusher = Flusher(writer, on_flush=lambda _g, result, _t: results.append(result))
     for event in events:

@@ -40,6 +40,7 @@ def render(dialect: str, mode: str) -> str:
         for name, sql in (
             ("postgres", statements.postgres),
             ("claimed", statements.claimed),
+            ("optimistic", statements.optimistic),
             ("update", statements.update),
             ("insert", statements.insert),
             ("marks", statements.marks),

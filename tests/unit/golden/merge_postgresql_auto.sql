@@ -75,7 +75,11 @@ paired AS (
            k.row_baseline_value AS old_baseline,
            m.day AS counted_day
     FROM locked AS k
-    LEFT JOIN challenge_daily_marks AS m ON m.user_id = k.user_id AND m.goal_id = k.goal_id
+    LEFT JOIN LATERAL (
+        SELECT m.day FROM challenge_daily_marks AS m
+        WHERE k.family = 4 AND m.user_id = k.user_id AND m.goal_id = k.goal_id
+        LIMIT 1
+    ) AS m ON TRUE
     LEFT JOIN LATERAL (
         SELECT TRUE AS held FROM user_goal_progress AS x
         WHERE k.found IS NULL AND x.user_id = k.user_id AND x.goal_id = k.goal_id LIMIT 1
@@ -295,7 +299,11 @@ paired AS (
            k.row_baseline_value AS old_baseline,
            m.day AS counted_day
     FROM owners AS k
-    LEFT JOIN challenge_daily_marks AS m ON m.user_id = k.user_id AND m.goal_id = k.goal_id
+    LEFT JOIN LATERAL (
+        SELECT m.day FROM challenge_daily_marks AS m
+        WHERE k.family = 4 AND m.user_id = k.user_id AND m.goal_id = k.goal_id
+        LIMIT 1
+    ) AS m ON TRUE
 ),
 periods AS (
     SELECT p.*,
@@ -432,8 +440,229 @@ SELECT 'u' AS tag, user_id, goal_id FROM updated
 UNION ALL
 SELECT 'i', user_id, goal_id FROM inserted
 UNION ALL
+SELECT 'r', p.user_id, p.goal_id FROM paired AS p
+    WHERE p.fresh AND NOT (SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)
+    AND NOT EXISTS (SELECT 1 FROM inserted AS i WHERE i.user_id = p.user_id AND i.goal_id = p.goal_id)
+UNION ALL
 SELECT 'c', user_id, goal_id FROM paired WHERE held
 UNION ALL
 SELECT 'v', CAST(1 / CASE WHEN (SELECT count(*) FROM claimed)
         = (SELECT count(*) FROM claim_ids)
         AND (SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh) THEN 1 ELSE 0 END AS text), NULL;
+
+-- optimistic
+WITH
+delta AS (
+    SELECT *
+    FROM unnest(
+        CAST(:user_id AS text[]),
+        CAST(:goal_id AS text[]),
+        CAST(:challenge_id AS text[]),
+        CAST(:namespace AS text[]),
+        CAST(:family AS int[]),
+        CAST(:target AS int[]),
+        CAST(:relative AS int[]),
+        CAST(:rotating AS int[]),
+        CAST(:reset_progress AS int[]),
+        CAST(:reselect AS int[]),
+        CAST(:amount AS int[]),
+        CAST(:value AS int[]),
+        CAST(:first_base AS int[]),
+        CAST(:first_time AS timestamp[]),
+        CAST(:last_time AS timestamp[]),
+        CAST(:period_start AS timestamp[]),
+        CAST(:period_end AS timestamp[]),
+        CAST(:top_level AS int[]),
+        CAST(:steps AS text[])
+    ) AS u(
+        user_id,
+        goal_id,
+        challenge_id,
+        namespace,
+        family,
+        target,
+        relative,
+        rotating,
+        reset_progress,
+        reselect,
+        amount,
+        value,
+        first_base,
+        first_time,
+        last_time,
+        period_start,
+        period_end,
+        top_level,
+        steps
+    )
+),
+locked AS (
+    SELECT s.*, l.*
+    FROM delta AS s
+    LEFT JOIN LATERAL (
+        SELECT TRUE AS found, x.ctid AS row_ctid, x.progress AS row_progress,
+               x.status AS row_status,
+               x.completed_at AS row_completed_at,
+               x.claimed_at AS row_claimed_at,
+               x.updated_at AS row_updated_at,
+               x.is_active AS row_is_active,
+               x.expires_at AS row_expires_at,
+               x.baseline_value AS row_baseline_value
+        FROM user_goal_progress AS x
+        WHERE x.user_id = s.user_id AND x.goal_id = s.goal_id
+        LIMIT 1
+    ) AS l ON TRUE
+),
+paired AS (
+    SELECT k.*,
+           FALSE AS held,
+           k.found IS NOT TRUE AS fresh,
+           COALESCE(k.row_progress, 0) AS old_progress,
+           COALESCE(k.row_status, 'not_started') AS old_status,
+           k.row_completed_at AS old_completed_at,
+           k.row_claimed_at AS old_claimed_at,
+           k.row_updated_at AS old_updated_at,
+           COALESCE(k.row_is_active, TRUE) AS is_active,
+           k.row_expires_at AS old_expires_at,
+           k.row_baseline_value AS old_baseline,
+           m.day AS counted_day
+    FROM locked AS k
+    LEFT JOIN LATERAL (
+        SELECT m.day FROM challenge_daily_marks AS m
+        WHERE k.family = 4 AND m.user_id = k.user_id AND m.goal_id = k.goal_id
+        LIMIT 1
+    ) AS m ON TRUE
+),
+periods AS (
+    SELECT p.*,
+           (old_status = 'claimed' OR old_claimed_at IS NOT NULL) AS claimed,
+           (rotating = 1 AND NOT fresh AND CASE
+               WHEN old_expires_at IS NOT NULL THEN first_time >= old_expires_at
+               ELSE old_updated_at < period_start END) AS new_period,
+           (rotating = 1 AND NOT fresh AND CASE
+               WHEN old_expires_at IS NOT NULL THEN period_end < old_expires_at
+               ELSE old_updated_at >= period_end END) AS stale,
+           (family = 3 AND (old_completed_at IS NULL
+               OR old_completed_at < period_start)) AS new_day
+    FROM paired AS p
+),
+guards AS (
+    SELECT p.*,
+           (claimed AND (new_day OR (new_period AND reselect = 1))) AS reopen,
+           (rotating = 1 AND reset_progress = 1 AND (fresh OR new_period)) AS restart
+    FROM periods AS p
+),
+levels AS (
+    SELECT g.*,
+           CASE family WHEN 2 THEN value WHEN 3 THEN 1
+               ELSE LEAST(CAST(old_progress AS BIGINT) + amount, 2147483647) END AS new_progress,
+           CASE family WHEN 2 THEN COALESCE(first_base, 0) WHEN 3 THEN 0
+               ELSE old_progress END AS first_base_value,
+           CASE WHEN family IN (2, 3) THEN 0
+               ELSE old_progress END AS base_level
+    FROM guards AS g
+    WHERE NOT held AND is_active AND NOT stale
+      AND (family <> 3 OR new_day)
+      AND (NOT claimed OR reopen)
+      AND (family <> 4 OR fresh
+           OR counted_day IS NULL OR counted_day < period_start)
+),
+baselines AS (
+    SELECT v.*,
+           CASE WHEN relative = 1 AND (restart OR old_baseline IS NULL)
+               THEN first_base_value ELSE old_baseline END AS new_baseline
+    FROM levels AS v
+),
+targets AS (
+    SELECT b.*,
+           CASE WHEN relative = 1 THEN CAST(COALESCE(new_baseline, 0) AS BIGINT) ELSE 0 END
+               AS progress_offset
+    FROM baselines AS b
+),
+reached AS MATERIALIZED (
+    SELECT b.*,
+           CASE WHEN top_level >= target + progress_offset - base_level
+               THEN (SELECT CAST(e.step->>1 AS TIMESTAMP)
+                 FROM jsonb_array_elements(CAST(b.steps AS jsonb))
+                      WITH ORDINALITY AS e(step, n)
+                 WHERE CAST(e.step->>0 AS BIGINT) >= b.target + b.progress_offset - b.base_level
+                 ORDER BY e.n LIMIT 1)
+           END AS step_time
+    FROM targets AS b
+),
+outcome AS (
+    SELECT r.*,
+           (new_progress - progress_offset >= target OR step_time IS NOT NULL) AS completes,
+           COALESCE(step_time, CASE WHEN family = 4 THEN first_time ELSE last_time END)
+               AS completion_time,
+           (old_status IN ('completed', 'claimed') AND NOT restart) AS keep_completed
+    FROM reached AS r
+),
+merged AS MATERIALIZED (
+    SELECT user_id, goal_id, challenge_id, namespace, family, fresh, is_active,
+           row_ctid,
+           new_progress,
+           CASE WHEN family = 3 OR keep_completed OR completes
+               THEN 'completed' ELSE 'in_progress' END AS new_status,
+           CASE WHEN family = 3 THEN first_time
+               WHEN keep_completed THEN COALESCE(old_completed_at, completion_time)
+               WHEN completes THEN completion_time
+               WHEN restart THEN NULL
+               ELSE old_completed_at END AS new_completed_at,
+           CASE WHEN reopen THEN NULL ELSE old_claimed_at END AS new_claimed_at,
+           CASE WHEN rotating = 1 THEN period_end ELSE old_expires_at END AS new_expires_at,
+           new_baseline
+    FROM outcome
+),
+updated AS (
+    UPDATE user_goal_progress AS t
+        SET progress = n.new_progress,
+            status = n.new_status,
+            completed_at = n.new_completed_at,
+            claimed_at = n.new_claimed_at,
+            expires_at = n.new_expires_at,
+            baseline_value = n.new_baseline,
+            updated_at = (now() AT TIME ZONE 'UTC')
+        FROM merged AS n
+        WHERE t.ctid = n.row_ctid AND t.user_id = n.user_id AND t.goal_id = n.goal_id AND NOT n.fresh
+        RETURNING t.user_id, t.goal_id
+),
+inserted AS (
+    INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress,
+            status, completed_at, claimed_at, created_at, updated_at, is_active,
+            assigned_at, expires_at, baseline_value)
+        SELECT user_id, goal_id, challenge_id, namespace, new_progress,
+            new_status, new_completed_at, NULL, (now() AT TIME ZONE 'UTC'),
+            (now() AT TIME ZONE 'UTC'), TRUE,
+            (now() AT TIME ZONE 'UTC'), new_expires_at, new_baseline
+        FROM merged AS n
+        WHERE n.fresh
+        ORDER BY user_id, goal_id
+        ON CONFLICT (user_id, goal_id) DO NOTHING
+        RETURNING user_id, goal_id
+),
+marks AS (
+    INSERT INTO challenge_daily_marks (user_id, goal_id, day)
+        SELECT p.user_id, p.goal_id, p.period_start
+        FROM paired AS p
+        WHERE p.family = 4 AND ((NOT p.held AND NOT p.fresh
+            AND ((SELECT count(*) FROM updated) = (SELECT count(*) FROM merged WHERE NOT fresh)
+                OR EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = p.user_id AND u.goal_id = p.goal_id)
+                OR NOT EXISTS (SELECT 1 FROM merged AS n WHERE n.user_id = p.user_id AND n.goal_id = p.goal_id)))
+            OR (p.fresh AND ((SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)
+                OR EXISTS (SELECT 1 FROM inserted AS i WHERE i.user_id = p.user_id AND i.goal_id = p.goal_id))))
+        ORDER BY p.user_id, p.goal_id
+        ON CONFLICT (user_id, goal_id) DO UPDATE SET day = excluded.day
+        WHERE challenge_daily_marks.day < excluded.day
+)
+SELECT 'u' AS tag, user_id, goal_id FROM updated
+UNION ALL
+SELECT 'i', user_id, goal_id FROM inserted
+UNION ALL
+SELECT 'r', p.user_id, p.goal_id FROM paired AS p
+    WHERE p.fresh AND NOT (SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)
+    AND NOT EXISTS (SELECT 1 FROM inserted AS i WHERE i.user_id = p.user_id AND i.goal_id = p.goal_id)
+UNION ALL
+SELECT 'r', n.user_id, n.goal_id FROM merged AS n
+    WHERE NOT n.fresh AND NOT (SELECT count(*) FROM updated) = (SELECT count(*) FROM merged WHERE NOT fresh)
+    AND NOT EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = n.user_id AND u.goal_id = n.goal_id);
