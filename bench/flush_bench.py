@@ -5,11 +5,12 @@ Measures, for the shipped config/challenges.json:
   2. end-to-end events/s through Pipeline.submit -> buffer -> flusher -> database
      (mixed logins and stat updates over many users, as in production).
 
-  3. with --merge (PostgreSQL): the merge statement for 1,000 mixed rows against a plain
-     one-statement unnest upsert of 1,000 rows into the same table, interleaved, each in
-     its own rolled-back transaction; medians of the wall time and, when the server runs
-     on this machine, of the server backend's CPU time (/proc), which a loaded machine
-     disturbs much less than wall time.
+  3. with --merge (PostgreSQL): the merge statement for 1,000 mixed rows (the optimistic
+     form large flushes use, and the locking form) against a plain one-statement unnest
+     upsert of 1,000 rows into the same table, interleaved, each in its own rolled-back
+     transaction, all run on the driver as the writer runs them (parameters encoded,
+     statement executed, report read); medians of the wall time and, when the server
+     runs on this machine, of the server backend's CPU time (/proc, 10 ms ticks).
 
 Usage (PYTHONPATH=. so this checkout's code is imported):
   PYTHONPATH=. .venv/bin/python bench/flush_bench.py --database-url postgresql://postgres:postgres@127.0.0.1:5432/challenge_db
@@ -37,7 +38,7 @@ from app.core.progress import fold
 from app.core.settings import Settings, async_database_url
 from app.pipeline import Pipeline, source_of
 from tables.buffer import Flusher
-from tables.db import make_engine
+from tables.db import driver_fetch, make_engine, positional
 from tables.merge_sql import build_statements, postgres_params
 from tables.migrate import upgrade_async
 from tables.writer import Writer
@@ -70,17 +71,25 @@ def backend_cpu_ms(pid: int) -> float | None:
 
 
 async def merge_vs_plain(engine, config, runs: int) -> None:
-    """Median wall and backend CPU ms: merge statement vs plain upsert, 1,000 rows each."""
-    statement = text(build_statements("postgresql", "auto").postgres or "")
-    plain = text(PLAIN_UPSERT)
-    results: dict[str, tuple[list[float], list[float]]] = {"merge": ([], []), "plain": ([], [])}
+    """Median wall and backend CPU ms: the merge statement (the optimistic form large
+    flushes use, and the locking form) vs a plain upsert, 1,000 rows each, all run on
+    the driver in $n form as the writer runs them (tables/db.py driver_fetch)."""
+    built = build_statements("postgresql", "auto")
+    statements = {
+        "merge": positional(built.optimistic or ""),
+        "locking": positional(built.postgres or ""),
+        "plain": positional(PLAIN_UPSERT),
+    }
+    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in statements}
     async with engine.connect() as conn:
         pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         await conn.rollback()
         for run in range(runs):
             chunk = mixed_deltas(config, 1000, seed=100 + run)
+            merge = postgres_params(chunk)
             params = {
-                "merge": postgres_params(chunk),
+                "merge": merge,
+                "locking": merge,
                 "plain": {
                     "u": [f"plain-{d.user_id}" for d in chunk],
                     "g": [d.goal.goal_id for d in chunk],
@@ -90,10 +99,12 @@ async def merge_vs_plain(engine, config, runs: int) -> None:
                     "s": ["in_progress"] * len(chunk),
                 },
             }
-            for name in ("merge", "plain") if run % 2 else ("plain", "merge"):
-                sql = statement if name == "merge" else plain
+            order = list(statements)
+            for name in order[run % 3 :] + order[: run % 3]:
+                sql, names = statements[name]
+                args = [params[name][n] for n in names]
                 cpu0, started = backend_cpu_ms(pid), time.perf_counter()
-                await conn.execute(sql, params[name])
+                await driver_fetch(conn, sql, args)
                 wall = (time.perf_counter() - started) * 1000
                 cpu1 = backend_cpu_ms(pid)
                 await conn.rollback()
@@ -103,7 +114,7 @@ async def merge_vs_plain(engine, config, runs: int) -> None:
                         results[name][1].append(cpu1 - cpu0)
     for name, (walls, cpus) in results.items():
         cpu = f", backend CPU median {statistics.median(cpus):.1f} ms" if cpus else ""
-        print(f"{name:5s} 1,000 rows: wall median {statistics.median(walls):.1f} ms{cpu}")
+        print(f"{name:7s} 1,000 rows: wall median {statistics.median(walls):.1f} ms{cpu}")
     ratio = statistics.median(results["merge"][0]) / statistics.median(results["plain"][0])
     print(f"merge / plain upsert (wall medians): {ratio:.2f}")
 

@@ -23,11 +23,12 @@ INT_MAX) come from app.core; the source relation is built from SOURCE_COLUMNS, w
 also says how the writer reads each column off a Delta.
 
 PostgreSQL runs one statement per chunk: the chain, then data-modifying steps (update,
-insert, daily marks) and a report of one (tag, user_id, goal_id) per key:
-'u' updated, 'i' inserted, 'm' no row (required mode), 'r' inserted or changed
-concurrently by another writer (re-run with a fresh snapshot), 'c' held by another
-transaction (the row is left alone, its daily mark too; the caller carries the delta to
-the next flush). Everything else (a guarded row) is not reported.
+insert, daily marks) and a report of (tag, user_id, goal_id) rows: two counts, 'U' rows
+updated and 'I' inserted (the count in the second column), then one row per key that
+needs the caller: 'm' no row (required mode), 'r' inserted or changed concurrently by
+another writer (re-run with a fresh snapshot), 'c' held by another transaction (the
+row is left alone, its daily mark too; the caller carries the delta to the next flush).
+Everything else (a guarded row) is not reported.
 
 It comes in two forms. The *locking* form reads each row with `FOR UPDATE SKIP LOCKED`
 (a held row is skipped at once, reported 'c'). The *optimistic* form, for large flushes,
@@ -58,9 +59,14 @@ def _sqlite_time(moment: object) -> object:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(moment, datetime) else moment
 
 
-def _steps(delta: Delta) -> str:
-    """(level, event time) of the buffered steps, a JSON array of pairs (ISO times)."""
-    return orjson.dumps(delta.steps).decode()
+def _steps(delta: Delta) -> str | None:
+    """(level, event time) of the buffered steps, a JSON array of pairs (ISO times);
+    None for one step at the first event's time (most deltas: the statement takes
+    `first_time` then, and the flush spares a JSON text per row)."""
+    steps = delta.steps
+    if len(steps) == 1 and steps[0][1] == delta.first_time:
+        return None
+    return orjson.dumps(steps).decode()
 
 
 def _top_level(delta: Delta) -> int | None:
@@ -70,11 +76,17 @@ def _top_level(delta: Delta) -> int | None:
 
 @dataclass(frozen=True)
 class SourceColumn:
-    """One column of the source relation: its SQL type and how a Delta gives it."""
+    """One column of the source relation: its SQL type and how a Delta gives it.
+
+    `per_goal`: the same for every delta of one goal and namespace. PostgreSQL receives
+    these once per chunk, one array element per distinct (goal, namespace), and each row
+    refers to its element by `goal_ref` (a chunk has a few dozen goals and 1,000 rows).
+    """
 
     name: str
     sqltype: str  # PostgreSQL array element type
     read: Callable[[Delta], object]
+    per_goal: bool = False
 
 
 def _rotation_flag(attribute: str) -> Callable[[Delta], object]:
@@ -87,15 +99,15 @@ def _rotation_flag(attribute: str) -> Callable[[Delta], object]:
 
 SOURCE_COLUMNS: tuple[SourceColumn, ...] = (
     SourceColumn("user_id", "text", lambda d: d.user_id),
-    SourceColumn("goal_id", "text", lambda d: d.goal.goal_id),
-    SourceColumn("challenge_id", "text", lambda d: d.goal.challenge_id),
-    SourceColumn("namespace", "text", lambda d: d.namespace),
+    SourceColumn("goal_id", "text", lambda d: d.goal.goal_id, per_goal=True),
+    SourceColumn("challenge_id", "text", lambda d: d.goal.challenge_id, per_goal=True),
+    SourceColumn("namespace", "text", lambda d: d.namespace, per_goal=True),
     SourceColumn("family", "int", lambda d: int(d.family)),
-    SourceColumn("target", "int", lambda d: d.goal.target),
-    SourceColumn("relative", "int", lambda d: int(d.goal.relative)),
-    SourceColumn("rotating", "int", lambda d: int(d.goal.rotation is not None)),
-    SourceColumn("reset_progress", "int", _rotation_flag("reset_progress")),
-    SourceColumn("reselect", "int", _rotation_flag("allow_reselection")),
+    SourceColumn("target", "int", lambda d: d.goal.target, per_goal=True),
+    SourceColumn("relative", "int", lambda d: int(d.goal.relative), per_goal=True),
+    SourceColumn("rotating", "int", lambda d: int(d.goal.rotation is not None), per_goal=True),
+    SourceColumn("reset_progress", "int", _rotation_flag("reset_progress"), per_goal=True),
+    SourceColumn("reselect", "int", _rotation_flag("allow_reselection"), per_goal=True),
     SourceColumn("amount", "int", lambda d: d.amount),
     SourceColumn("value", "int", lambda d: d.value),
     SourceColumn("first_base", "int", lambda d: d.first_base),
@@ -111,6 +123,16 @@ SOURCE_COLUMNS: tuple[SourceColumn, ...] = (
 _NAMES = tuple(column.name for column in SOURCE_COLUMNS)
 _STEPS = _NAMES.index("steps")
 _READERS = tuple(column.read for column in SOURCE_COLUMNS)
+GOAL_REF = "goal_ref"
+# PostgreSQL parameters: one array per row column (with the goal reference after the
+# user id), one per goal column.
+ROW_NAMES = (
+    _NAMES[0],
+    GOAL_REF,
+    *(column.name for column in SOURCE_COLUMNS[1:] if not column.per_goal),
+)
+GOAL_COLUMNS = tuple(column for column in SOURCE_COLUMNS if column.per_goal)
+_GOAL_READERS = tuple(column.read for column in GOAL_COLUMNS)
 
 
 def source_row(delta: Delta) -> list[object]:
@@ -118,24 +140,16 @@ def source_row(delta: Delta) -> list[object]:
     return [read(delta) for read in _READERS]
 
 
-def fast_source_row(d: Delta) -> tuple[object, ...]:
-    """`source_row` written out in one function (the flush's hot loop: 19 reader calls
-    per delta cost more than the statement's parameters are worth). A unit test holds
-    it equal to `source_row` for every kind of goal."""
-    goal = d.goal
-    rotation = goal.rotation
+def fast_row(d: Delta, goal_ref: int) -> tuple[object, ...]:
+    """The row columns of one delta in ROW_NAMES order, written out in one function (the
+    flush's hot loop: a reader call per column costs more than the parameters are
+    worth). A unit test holds it equal to the column readers for every kind of goal."""
     steps = d.steps
+    single = len(steps) == 1 and steps[0][1] == d.first_time
     return (
         d.user_id,
-        goal.goal_id,
-        goal.challenge_id,
-        d.namespace,
+        goal_ref,
         int(d.family),
-        goal.target,
-        int(goal.relative),
-        int(rotation is not None),
-        int(rotation is not None and bool(rotation.reset_progress)),
-        int(rotation is not None and bool(rotation.allow_reselection)),
         d.amount,
         d.value,
         d.first_base,
@@ -144,14 +158,28 @@ def fast_source_row(d: Delta) -> tuple[object, ...]:
         d.period_start,
         d.period_end,
         steps[-1][0] if steps else None,
-        orjson.dumps(steps).decode(),
+        None if single else orjson.dumps(steps).decode(),
     )
 
 
 def postgres_params(chunk: list[Delta]) -> dict[str, list[object]]:
-    """One array per source column (the statement unnests them)."""
-    columns = zip(*map(fast_source_row, chunk), strict=True) if chunk else [[]] * len(_NAMES)
-    return dict(zip(_NAMES, map(list, columns), strict=True))
+    """One array per row column (the statement unnests them) and one per goal column,
+    indexed by each row's `goal_ref` (1-based)."""
+    refs: dict[tuple[int, str], int] = {}
+    goals: list[Delta] = []  # the first delta of each (goal, namespace)
+    rows = []
+    for delta in chunk:
+        key = (id(delta.goal), delta.namespace)
+        ref = refs.get(key)
+        if ref is None:
+            ref = refs[key] = len(goals) + 1
+            goals.append(delta)
+        rows.append(fast_row(delta, ref))
+    columns = zip(*rows, strict=True) if rows else [()] * len(ROW_NAMES)
+    params: dict[str, list[object]] = dict(zip(ROW_NAMES, map(list, columns), strict=True))
+    for column, read in zip(GOAL_COLUMNS, _GOAL_READERS, strict=True):
+        params[column.name] = [read(delta) for delta in goals]
+    return params
 
 
 def sqlite_params(chunk: list[Delta]) -> dict[str, str]:
@@ -215,13 +243,20 @@ class Dialect:
 
     def source(self) -> str:
         """The chunk as a relation (a constant text: prepared once per connection)."""
-        names = ",\n        ".join(column.name for column in SOURCE_COLUMNS)
         if self.pg:
-            arrays = ",\n        ".join(
-                f"CAST(:{column.name} AS {column.sqltype}[])" for column in SOURCE_COLUMNS
+            types = {column.name: column.sqltype for column in SOURCE_COLUMNS}
+            types[GOAL_REF] = "int"
+            arrays = ",\n        ".join(f"CAST(:{name} AS {types[name]}[])" for name in ROW_NAMES)
+            fields = ",\n           ".join(
+                f"(CAST(:{column.name} AS {column.sqltype}[]))[u.{GOAL_REF}] AS {column.name}"
+                if column.per_goal
+                else f"u.{column.name}"
+                for column in SOURCE_COLUMNS
             )
+            rows = ",\n        ".join(ROW_NAMES)
             return (
-                f"SELECT *\n    FROM unnest(\n        {arrays}\n    ) AS u(\n        {names}\n    )"
+                f"SELECT {fields}\n"
+                f"    FROM unnest(\n        {arrays}\n    ) AS u(\n        {rows}\n    )"
             )
         fields = ",\n        ".join(
             f"json_extract(value, '$[{i}]') AS {column.name}"
@@ -298,14 +333,15 @@ class Dialect:
         return f"\n    LEFT JOIN challenge_daily_marks AS m ON {_key('m', 'k')}"
 
     def first_step_time(self, need: str) -> str:
-        """Event time of the first buffered step whose level reaches `need`."""
+        """Event time of the first buffered step whose level reaches `need` (PostgreSQL:
+        no steps sent means one step, at `first_time`)."""
         if self.pg:
             return (
-                "(SELECT CAST(e.step->>1 AS TIMESTAMP)\n"
+                "COALESCE((SELECT CAST(e.step->>1 AS TIMESTAMP)\n"
                 "                 FROM jsonb_array_elements(CAST(b.steps AS jsonb))\n"
                 "                      WITH ORDINALITY AS e(step, n)\n"
                 f"                 WHERE CAST(e.step->>0 AS BIGINT) >= {need}\n"
-                "                 ORDER BY e.n LIMIT 1)"
+                "                 ORDER BY e.n LIMIT 1), b.first_time)"
             )
         return (
             "(SELECT json_extract(e.value, '$[1]')\n"
@@ -589,7 +625,7 @@ def _written(
     """PostgreSQL: the data-modifying steps, the report (without 'c') and, in auto mode,
     the condition that every fresh key was inserted (the one-statement flush's verdict)."""
     writes = [("updated", _update(d, optimistic))]
-    report = ["SELECT 'u' AS tag, user_id, goal_id FROM updated"]
+    report = ["SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated"]
     changed = sound = ""
     if optimistic:
         # Every read row updated (no concurrent writer: the usual case) is decided by two
@@ -608,7 +644,7 @@ def _written(
         was_inserted = f"EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'p')})"
         inserted = f"\n        OR (p.fresh AND ({all_inserted}\n            OR {was_inserted}))"
         report += [
-            "SELECT 'i', user_id, goal_id FROM inserted",
+            "SELECT 'I', CAST(count(*) AS text), NULL FROM inserted",
             # missing in our snapshot yet not inserted: another writer inserted it
             f"SELECT 'r', p.user_id, p.goal_id FROM paired AS p\n"
             f"    WHERE p.fresh AND NOT {all_inserted}\n"

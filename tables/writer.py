@@ -148,10 +148,10 @@ def _tally(
     (inserted meanwhile by another writer)."""
     raced: list[Delta] = []
     for tag, user_id, goal_id in reported:
-        if tag == "u":
-            result.updated += 1
-        elif tag == "i":
-            result.inserted += 1
+        if tag == "U":
+            result.updated += int(user_id)
+        elif tag == "I":
+            result.inserted += int(user_id)
         elif tag == "m":
             result.missing += 1
         elif tag == "c":

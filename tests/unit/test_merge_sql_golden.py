@@ -21,9 +21,10 @@ from app.core.challenges import Source, load_config
 from app.core.events import INT_MAX, Event, EventType
 from app.core.progress import Family, fold
 from tables.merge_sql import (
+    GOAL_REF,
+    ROW_NAMES,
     SOURCE_COLUMNS,
     build_statements,
-    fast_source_row,
     postgres_params,
     source_row,
 )
@@ -75,7 +76,10 @@ def test_every_source_column_reaches_the_statement() -> None:
     sqlite = build_statements("sqlite", "auto").update
     assert pg is not None and sqlite is not None
     for i, column in enumerate(SOURCE_COLUMNS):
-        assert f"CAST(:{column.name} AS {column.sqltype}[])" in pg
+        if column.per_goal:  # one element per goal, picked by the row's reference
+            assert f"(CAST(:{column.name} AS {column.sqltype}[]))[u.{GOAL_REF}]" in pg
+        else:
+            assert f"CAST(:{column.name} AS {column.sqltype}[])" in pg
         assert f"json_extract(value, '$[{i}]') AS {column.name}" in sqlite
 
 
@@ -87,9 +91,10 @@ def test_statement_is_pretty_printed() -> None:
     assert longest < 120, longest
 
 
-def test_the_fast_source_row_equals_the_column_readers():
-    """The flush builds its parameters with fast_source_row; SOURCE_COLUMNS stays the
-    definition. Every goal of both shipped configs, logins and stats, several days."""
+def test_the_postgres_parameters_give_back_every_source_row():
+    """The flush builds its parameters with fast_row and per-goal arrays; SOURCE_COLUMNS
+    stays the definition: each row read back through its goal reference equals the
+    column readers. Every goal of both shipped configs, logins and stats, several days."""
     deltas: dict = {}
     for path in (ROOT / "config" / "challenges.json", ROOT / "bench" / "challenges.json"):
         config = load_config(path)
@@ -108,10 +113,20 @@ def test_the_fast_source_row_equals_the_column_readers():
                 )
                 fold(deltas, event, (goal,))
     assert len(deltas) > 20
-    for delta in deltas.values():
-        assert fast_source_row(delta) == tuple(source_row(delta))
     chunk = list(deltas.values())
     params = postgres_params(chunk)
-    assert list(params) == [column.name for column in SOURCE_COLUMNS]
-    assert all(len(values) == len(chunk) for values in params.values())
-    assert postgres_params([]) == {column.name: [] for column in SOURCE_COLUMNS}
+    assert set(params) == {*ROW_NAMES, *(column.name for column in SOURCE_COLUMNS)}
+    assert all(len(params[name]) == len(chunk) for name in ROW_NAMES)
+    goals = {(id(d.goal), d.namespace) for d in chunk}
+    assert len(params["goal_id"]) == len(goals) < len(chunk)
+    single_steps = 0
+    for i, delta in enumerate(chunk):
+        ref = params[GOAL_REF][i] - 1  # 1-based, as SQL arrays are
+        back = [
+            params[column.name][ref] if column.per_goal else params[column.name][i]
+            for column in SOURCE_COLUMNS
+        ]
+        assert back == source_row(delta)
+        single_steps += params["steps"][i] is None
+    assert 0 < single_steps < len(chunk)  # one step at the first event's time: no JSON
+    assert postgres_params([]) == {name: [] for name in params}

@@ -1,18 +1,29 @@
 -- postgres
 WITH
 delta AS (
-    SELECT *
+    SELECT u.user_id,
+           (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
+           (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
+           (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
+           u.family,
+           (CAST(:target AS int[]))[u.goal_ref] AS target,
+           (CAST(:relative AS int[]))[u.goal_ref] AS relative,
+           (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
+           (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
+           (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
+           u.amount,
+           u.value,
+           u.first_base,
+           u.first_time,
+           u.last_time,
+           u.period_start,
+           u.period_end,
+           u.top_level,
+           u.steps
     FROM unnest(
         CAST(:user_id AS text[]),
-        CAST(:goal_id AS text[]),
-        CAST(:challenge_id AS text[]),
-        CAST(:namespace AS text[]),
+        CAST(:goal_ref AS int[]),
         CAST(:family AS int[]),
-        CAST(:target AS int[]),
-        CAST(:relative AS int[]),
-        CAST(:rotating AS int[]),
-        CAST(:reset_progress AS int[]),
-        CAST(:reselect AS int[]),
         CAST(:amount AS int[]),
         CAST(:value AS int[]),
         CAST(:first_base AS int[]),
@@ -24,15 +35,8 @@ delta AS (
         CAST(:steps AS text[])
     ) AS u(
         user_id,
-        goal_id,
-        challenge_id,
-        namespace,
+        goal_ref,
         family,
-        target,
-        relative,
-        rotating,
-        reset_progress,
-        reselect,
         amount,
         value,
         first_base,
@@ -134,11 +138,11 @@ targets AS (
 reached AS MATERIALIZED (
     SELECT b.*,
            CASE WHEN top_level >= target + progress_offset - base_level
-               THEN (SELECT CAST(e.step->>1 AS TIMESTAMP)
+               THEN COALESCE((SELECT CAST(e.step->>1 AS TIMESTAMP)
                  FROM jsonb_array_elements(CAST(b.steps AS jsonb))
                       WITH ORDINALITY AS e(step, n)
                  WHERE CAST(e.step->>0 AS BIGINT) >= b.target + b.progress_offset - b.base_level
-                 ORDER BY e.n LIMIT 1)
+                 ORDER BY e.n LIMIT 1), b.first_time)
            END AS step_time
     FROM targets AS b
 ),
@@ -187,7 +191,7 @@ marks AS (
         ON CONFLICT (user_id, goal_id) DO UPDATE SET day = excluded.day
         WHERE challenge_daily_marks.day < excluded.day
 )
-SELECT 'u' AS tag, user_id, goal_id FROM updated
+SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
 UNION ALL
 SELECT 'm', user_id, goal_id FROM paired WHERE fresh
 UNION ALL
@@ -196,18 +200,29 @@ SELECT 'c', user_id, goal_id FROM paired WHERE held;
 -- claimed
 WITH
 delta AS (
-    SELECT *
+    SELECT u.user_id,
+           (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
+           (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
+           (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
+           u.family,
+           (CAST(:target AS int[]))[u.goal_ref] AS target,
+           (CAST(:relative AS int[]))[u.goal_ref] AS relative,
+           (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
+           (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
+           (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
+           u.amount,
+           u.value,
+           u.first_base,
+           u.first_time,
+           u.last_time,
+           u.period_start,
+           u.period_end,
+           u.top_level,
+           u.steps
     FROM unnest(
         CAST(:user_id AS text[]),
-        CAST(:goal_id AS text[]),
-        CAST(:challenge_id AS text[]),
-        CAST(:namespace AS text[]),
+        CAST(:goal_ref AS int[]),
         CAST(:family AS int[]),
-        CAST(:target AS int[]),
-        CAST(:relative AS int[]),
-        CAST(:rotating AS int[]),
-        CAST(:reset_progress AS int[]),
-        CAST(:reselect AS int[]),
         CAST(:amount AS int[]),
         CAST(:value AS int[]),
         CAST(:first_base AS int[]),
@@ -219,15 +234,8 @@ delta AS (
         CAST(:steps AS text[])
     ) AS u(
         user_id,
-        goal_id,
-        challenge_id,
-        namespace,
+        goal_ref,
         family,
-        target,
-        relative,
-        rotating,
-        reset_progress,
-        reselect,
         amount,
         value,
         first_base,
@@ -334,11 +342,11 @@ targets AS (
 reached AS MATERIALIZED (
     SELECT b.*,
            CASE WHEN top_level >= target + progress_offset - base_level
-               THEN (SELECT CAST(e.step->>1 AS TIMESTAMP)
+               THEN COALESCE((SELECT CAST(e.step->>1 AS TIMESTAMP)
                  FROM jsonb_array_elements(CAST(b.steps AS jsonb))
                       WITH ORDINALITY AS e(step, n)
                  WHERE CAST(e.step->>0 AS BIGINT) >= b.target + b.progress_offset - b.base_level
-                 ORDER BY e.n LIMIT 1)
+                 ORDER BY e.n LIMIT 1), b.first_time)
            END AS step_time
     FROM targets AS b
 ),
@@ -400,7 +408,7 @@ claimed AS (
         WHERE challenge_processed_events.expires_at < CAST(:now AS TIMESTAMP)
         RETURNING event_id
 )
-SELECT 'u' AS tag, user_id, goal_id FROM updated
+SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
 UNION ALL
 SELECT 'm', user_id, goal_id FROM paired WHERE fresh
 UNION ALL
@@ -412,18 +420,29 @@ SELECT 'v', CAST(1 / CASE WHEN (SELECT count(*) FROM claimed)
 -- optimistic
 WITH
 delta AS (
-    SELECT *
+    SELECT u.user_id,
+           (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
+           (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
+           (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
+           u.family,
+           (CAST(:target AS int[]))[u.goal_ref] AS target,
+           (CAST(:relative AS int[]))[u.goal_ref] AS relative,
+           (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
+           (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
+           (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
+           u.amount,
+           u.value,
+           u.first_base,
+           u.first_time,
+           u.last_time,
+           u.period_start,
+           u.period_end,
+           u.top_level,
+           u.steps
     FROM unnest(
         CAST(:user_id AS text[]),
-        CAST(:goal_id AS text[]),
-        CAST(:challenge_id AS text[]),
-        CAST(:namespace AS text[]),
+        CAST(:goal_ref AS int[]),
         CAST(:family AS int[]),
-        CAST(:target AS int[]),
-        CAST(:relative AS int[]),
-        CAST(:rotating AS int[]),
-        CAST(:reset_progress AS int[]),
-        CAST(:reselect AS int[]),
         CAST(:amount AS int[]),
         CAST(:value AS int[]),
         CAST(:first_base AS int[]),
@@ -435,15 +454,8 @@ delta AS (
         CAST(:steps AS text[])
     ) AS u(
         user_id,
-        goal_id,
-        challenge_id,
-        namespace,
+        goal_ref,
         family,
-        target,
-        relative,
-        rotating,
-        reset_progress,
-        reselect,
         amount,
         value,
         first_base,
@@ -541,11 +553,11 @@ targets AS (
 reached AS MATERIALIZED (
     SELECT b.*,
            CASE WHEN top_level >= target + progress_offset - base_level
-               THEN (SELECT CAST(e.step->>1 AS TIMESTAMP)
+               THEN COALESCE((SELECT CAST(e.step->>1 AS TIMESTAMP)
                  FROM jsonb_array_elements(CAST(b.steps AS jsonb))
                       WITH ORDINALITY AS e(step, n)
                  WHERE CAST(e.step->>0 AS BIGINT) >= b.target + b.progress_offset - b.base_level
-                 ORDER BY e.n LIMIT 1)
+                 ORDER BY e.n LIMIT 1), b.first_time)
            END AS step_time
     FROM targets AS b
 ),
@@ -598,7 +610,7 @@ marks AS (
         ON CONFLICT (user_id, goal_id) DO UPDATE SET day = excluded.day
         WHERE challenge_daily_marks.day < excluded.day
 )
-SELECT 'u' AS tag, user_id, goal_id FROM updated
+SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
 UNION ALL
 SELECT 'm', user_id, goal_id FROM paired WHERE fresh
 UNION ALL
