@@ -1,4 +1,5 @@
-"""Faust's aiokafka transport with a cheaper hand-over of each fetched record.
+"""Faust's aiokafka transport with a cheaper hand-over of each fetched record, and a
+fetch loop that does not sleep through a drained stream buffer.
 
 Faust's fetch loop hands every record to the topic conductor with
 `wait_first(deliver(record), suspend_flow.wait())`: the delivery races a rebalance's flow
@@ -12,6 +13,15 @@ waiting, the outcome is the one Faust's race gives (a delivery that completes at
 wins it) without any task. When it does wait (buffer full, flow suspended, producer
 backed up), the started delivery is handed to Faust's race as it was, so suspension
 abandons it exactly as before. Every other `wait_first` call goes to Faust unchanged.
+
+Backpressure: while the pipeline's buffer is full the agents stop taking records, their
+stream buffers fill, and Faust stops fetching those partitions until a buffer drains
+(`on_buffer_full` / `on_buffer_drop`). With every partition stopped, Faust's fetch loop
+sleeps a whole second; with some stopped, it waits up to a second for records of the
+others only. Either way a partition whose buffer drained meanwhile waited for the rest
+of that second: the worker idled ~0.9 s at a time after every full buffer (issue 11's
+timeline). Here the loop waits for a partition to resume instead of sleeping, and a
+fetch waits at most `FETCH_WAIT`.
 """
 
 from __future__ import annotations
@@ -21,7 +31,11 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode.services import WaitResults
+
+# Longest wait of one fetch for records of the partitions being fetched (Faust: 1 s).
+FETCH_WAIT = 0.05
 
 # The flow-suspension wait (`suspend_flow`, an asyncio.Event) Faust's fetch loop races
 # every delivery against. Waiting on an event has no side effect, so a wait that was never
@@ -69,7 +83,33 @@ def _is_delivery(coros: tuple[Any, ...]) -> bool:
 
 
 class Consumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer; record hand-over without tasks when it cannot block."""
+    """Faust's aiokafka consumer; record hand-over without tasks when it cannot block,
+    and fetching resumed as soon as a stream buffer has drained."""
+
+    _resumed_event: asyncio.Event | None = None
+
+    @property
+    def _resumed(self) -> asyncio.Event:
+        """Set when a partition stopped for a full stream buffer is fetched again."""
+        if self._resumed_event is None:
+            self._resumed_event = asyncio.Event()
+        return self._resumed_event
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        super().on_buffer_drop(tp)
+        self._resumed.set()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        resumed = self._resumed
+        resumed.clear()  # before looking: a resume from now on ends the wait below
+        if self.flow_active and not self.app.client_only and not self._get_active_partitions():
+            # every partition stopped for a full stream buffer (Faust sleeps 1 s here)
+            await self.wait_first(resumed.wait(), timeout=timeout)
+            return {}, set()
+        return await super()._wait_next_records(timeout)
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        return await super()._getmany(active_partitions, min(timeout, FETCH_WAIT))
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if timeout is not None or not _is_delivery(coros):

@@ -4,12 +4,15 @@ once skips Faust's race; one that waits is raced against flow suspension as befo
 from __future__ import annotations
 
 import asyncio
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types import TP
 from mode.utils.locks import Event as ModeEvent
 
-from app.kafka.transport import Consumer
+from app.kafka.transport import FETCH_WAIT, Consumer
 
 
 def consumer(loop: asyncio.AbstractEventLoop) -> Any:
@@ -100,3 +103,57 @@ async def test_other_waits_go_to_faust_unchanged():
     second.set()
     result = await c.wait_first(first, second)  # events, not the fetch loop's call
     assert result.done == [second]
+
+
+# ----------------------------------------------------------------- fetching resumed
+
+
+def paused_consumer(loop: asyncio.AbstractEventLoop, tp: Any) -> Any:
+    """A consumer whose only partition is stopped because its stream buffer is full."""
+    c = consumer(loop)
+    c.flow_active = True
+    c.app = SimpleNamespace(client_only=False, in_recovery=False)
+    c._active_partitions = set()
+    c._paused_partitions = set()
+    c._buffered_partitions = {tp}
+    return c
+
+
+async def test_the_fetch_loop_waits_for_a_drained_buffer_not_a_whole_second():
+    """Faust sleeps 1 s when every partition is stopped; here the wait ends when one
+    partition's stream buffer drains, and that partition is fetched again."""
+    tp = TP("t", 0)
+    c = paused_consumer(asyncio.get_running_loop(), tp)
+    started = time.perf_counter()
+    waiting = asyncio.create_task(c._wait_next_records(1.0))
+    await asyncio.sleep(0.02)
+    assert not waiting.done()
+    c.on_buffer_drop(tp)
+    records, active = await asyncio.wait_for(waiting, 0.5)
+    assert time.perf_counter() - started < 0.3
+    assert (records, active) == ({}, set())
+    assert c._get_active_partitions() == {tp}  # the next round fetches it
+
+
+async def test_an_earlier_resume_does_not_end_a_new_wait():
+    """The resume signal is cleared before the partitions are looked at."""
+    tp = TP("t", 0)
+    c = paused_consumer(asyncio.get_running_loop(), tp)
+    c._resumed.set()  # an old resume: cleared, not taken for a new one
+    waiting = asyncio.create_task(c._wait_next_records(0.2))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await asyncio.wait_for(waiting, 1)  # times out at 0.2 s, as Faust's sleep would end
+
+
+async def test_a_fetch_waits_at_most_fetch_wait():
+    c = consumer(asyncio.get_running_loop())
+    seen = []
+
+    async def getmany(active: Any, timeout: float) -> dict:
+        seen.append(timeout)
+        return {}
+
+    c._thread = SimpleNamespace(getmany=getmany)
+    await c._getmany({TP("t", 0)}, 1.0)
+    assert seen == [FETCH_WAIT]
