@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 import orjson
 from sqlalchemy import TextClause, insert, text
@@ -44,6 +45,20 @@ from tables.schema import challenge_dead_letters
 log = logging.getLogger(__name__)
 
 Extra = Callable[[AsyncConnection], Awaitable[None]]
+
+
+@runtime_checkable
+class PartedExtra(Protocol):
+    """Extra work that splits with the rows of a large flush: each part's rows and its
+    share of the work commit together, apart from the other parts (Kafka positions, per
+    group of partitions and the users whose events came from them)."""
+
+    def __call__(self, conn: AsyncConnection) -> Awaitable[None]: ...
+
+    def split(self, deltas: Sequence[Delta], ways: int) -> list[tuple[list[Delta], Extra]]:
+        """At most `ways` parts; every delta in one of them, all of the work too."""
+        ...
+
 
 # Optimistic flushes: the longest wait for a row another transaction holds (the backend's
 # claim holds one for up to ~10 s) before the flush is redone in the locking form, and
@@ -234,45 +249,70 @@ class Writer:
     ) -> WriteResult:
         """Commit every delta (or dead-letter the poison ones) plus `extra`.
 
-        With `extra` (Kafka positions) everything is one transaction. Without, a large
-        flush is split by user into `parallelism` shards written concurrently, each its
-        own transaction; a shard that fails is reported in TransientWriteError.remaining
-        so only it is retried (the others are committed and must not be applied twice).
+        A large flush on PostgreSQL is written as up to `parallelism` parts at once, each
+        its own transaction on its own connection: split by user without `extra`, and
+        by the extra's own split when it has one (`PartedExtra`: Kafka positions, each
+        part with the positions of the partitions its users came from); any other
+        `extra` keeps the flush one transaction. A part that fails is reported in
+        TransientWriteError.remaining so only it is retried (the others are committed and
+        must not be applied twice).
         With `claim`, the flush's event ids are recorded in the same transaction and
         events already applied (by another replica, or before a restart) are left out.
         `isolate`: go straight to row-by-row isolation (a batch that keeps failing).
         """
-        shards = min(self.parallelism, len(deltas) // self.batch_size)
-        if extra is not None or shards < 2:
+        ways = min(self.parallelism, len(deltas) // self.batch_size)
+        parts: list[tuple[list[Delta], Extra | None]] = []
+        if ways >= 2 and extra is None:
+            buckets: list[list[Delta]] = [[] for _ in range(ways)]
+            for delta in deltas:
+                buckets[hash(delta.user_id) % ways].append(delta)
+            parts = [(bucket, None) for bucket in buckets]
+        elif ways >= 2 and isinstance(extra, PartedExtra):
+            parts = list(extra.split(deltas, ways))
+        if len(parts) < 2:
             return await self._write_one(deltas, extra, source, claim, isolate)
-        parts: list[list[Delta]] = [[] for _ in range(shards)]
-        for delta in deltas:
-            parts[hash(delta.user_id) % shards].append(delta)
+        return await self._write_parts(parts, source, claim, isolate)
+
+    async def _write_parts(
+        self,
+        parts: list[tuple[list[Delta], Extra | None]],
+        source: str,
+        claim: EventClaim | None,
+        isolate: bool,
+    ) -> WriteResult:
         outcomes = await asyncio.gather(
             *(
                 self._write_one(
                     part,
-                    None,
+                    part_extra,
                     source,
                     None if claim is None else claim.only_users({d.user_id for d in part}),
                     isolate,
                 )
-                for part in parts
+                for part, part_extra in parts
             ),
             return_exceptions=True,
         )
-        total, remaining, failure = WriteResult(), [], None
-        for part, outcome in zip(parts, outcomes, strict=True):
-            if isinstance(outcome, TransientWriteError):
+        total, remaining, failures = WriteResult(), [], []
+        for (part, _), outcome in zip(parts, outcomes, strict=True):
+            if isinstance(outcome, Exception):
                 remaining.extend(part)
-                failure = outcome
+                failures.append(outcome)
             elif isinstance(outcome, BaseException):
-                raise outcome
+                raise outcome  # cancelled (shutdown gave up)
             else:
                 total.merge(outcome)
-        if failure is not None:
-            raise TransientWriteError(str(failure), remaining, total, kind=failure.kind)
-        return total
+        if not failures:
+            return total
+        bug = next((f for f in failures if not isinstance(f, TransientWriteError)), None)
+        if bug is not None and len(failures) == len(parts):
+            raise bug  # nothing committed: the caller isolates the whole flush
+        # Retry only the failed parts (a bug among them as a data error: a few retries,
+        # then isolation); all of them held by another transaction: RowsLocked.
+        outage = any(getattr(f, "kind", RETRY) == OUTAGE for f in failures)
+        held = all(isinstance(f, RowsLocked) for f in failures)
+        error = RowsLocked if held else TransientWriteError
+        raise error(str(failures[0]), remaining, total, kind=OUTAGE if outage else RETRY)
 
     async def _write_one(
         self,

@@ -7,6 +7,13 @@ effect has committed, so Faust's own committed offsets never run ahead of the da
 The positions that make the effect exactly-once are written by that same flush
 (tables/positions.py); records below them (redelivered after a crash or rebalance) are
 dropped.
+
+A large flush is written in parts at once, on several connections (tables/writer.py):
+each part holds the users of some partitions and stores exactly those partitions'
+positions, so each part commits apart and a crash between two parts loses nothing and
+applies nothing twice. A partition's users are known from the records: each generation
+notes which partition every user's events came from (`Node`); partitions that share a
+user (a user with records in two of them) go in one part.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -23,6 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponen
 from app.core.challenges import ChallengeConfig
 from app.core.events import Event
 from app.core.latest import LatestValues
+from app.core.progress import Delta
 from app.kafka import metrics as kafka_metrics
 from app.kafka.codec import decode
 from app.pipeline import Pipeline
@@ -30,6 +39,82 @@ from tables import positions as pos
 from tables.buffer import Generation
 from tables.db import is_transient
 from tables.writer import Extra
+
+# Where a generation's events came from: ("d", n) the source partitions numbered n of
+# every source topic (applied directly: AGS keys by user id, so a user's records of both
+# topics sit in partitions of the same number), ("r", n) repartition partition n.
+Node = tuple[str, int]
+Users = dict[str, Node]
+Links = set[tuple[Node, Node]]
+
+
+@dataclass
+class FlushPositions:
+    """The positions one flush stores (rows per node), and the nodes its users came from.
+
+    Called, it stores every row (the flush as one transaction); `split` shares the rows
+    and the deltas among parts that commit apart (tables/writer.py PartedExtra)."""
+
+    rows: dict[Node, list[dict[str, object]]]
+    users: Users = field(default_factory=dict)
+    links: Links = field(default_factory=set)
+
+    async def __call__(self, conn: AsyncConnection) -> None:
+        await pos.store(conn, [row for rows in self.rows.values() for row in rows])
+
+    def split(self, deltas: Sequence[Delta], ways: int) -> list[tuple[list[Delta], Extra]]:
+        """Nodes linked by a user form one component; components go to the part with
+        the fewest deltas so far (largest first). Deltas of users seen nowhere and
+        positions without deltas go to the first part."""
+        root = _components({*self.rows, *self.users.values()}, self.links)
+        by_root: dict[Node, list[Delta]] = {}
+        orphans: list[Delta] = []
+        for delta in deltas:
+            node = self.users.get(delta.user_id)
+            if node is None:
+                orphans.append(delta)
+            else:
+                by_root.setdefault(root[node], []).append(delta)
+        parts: list[list[Delta]] = [[] for _ in range(ways)]
+        part_of: dict[Node, int] = {}
+        for component, members in sorted(by_root.items(), key=lambda kv: -len(kv[1])):
+            smallest = min(range(ways), key=lambda i: len(parts[i]))
+            parts[smallest].extend(members)
+            part_of[component] = smallest
+        parts[0].extend(orphans)
+        rows: list[list[dict[str, object]]] = [[] for _ in range(ways)]
+        for node, node_rows in self.rows.items():
+            rows[part_of.get(root[node], 0)].extend(node_rows)
+        return [
+            (part, _storing(part_rows))
+            for part, part_rows in zip(parts, rows, strict=True)
+            if part or part_rows
+        ]
+
+
+def _components(nodes: set[Node], links: Links) -> dict[Node, Node]:
+    """node -> a representative of its connected component (links are edges)."""
+    parent = {node: node for node in nodes}
+
+    def find(node: Node) -> Node:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in links:
+        parent.setdefault(a, a)
+        parent.setdefault(b, b)
+        parent[find(a)] = find(b)
+    return {node: find(node) for node in parent}
+
+
+def _storing(rows: list[dict[str, object]]) -> Extra:
+    async def store(conn: AsyncConnection) -> None:
+        await pos.store(conn, rows)
+
+    return store
+
 
 log = logging.getLogger(__name__)
 _REDELIVERED_DIRECT = kafka_metrics.REDELIVERED.labels("direct")
@@ -58,22 +143,20 @@ class PositionBook:
             generation.done.add_done_callback(lambda _f: _ack_all(acks))
         if not self.dirty and not self.dirty_direct:
             return None
-        changed = {
-            p: pos.PartitionPositions(
-                self.positions[p].next_offset, dict(self.positions[p].sources)
-            )
-            for p in self.dirty
-            if p in self.positions
-        }
-        direct = {tp: self.direct[tp] for tp in self.dirty_direct if tp in self.direct}
+        rows: dict[Node, list[dict[str, object]]] = {}
+        for p in sorted(self.dirty):
+            if p in self.positions:  # as of now: a snapshot, later records move on
+                now = self.positions[p]
+                snapshot = pos.PartitionPositions(now.next_offset, dict(now.sources))
+                rows[("r", p)] = pos.rows_for(self.group, self.topic, {p: snapshot})
+        for tp in sorted(self.dirty_direct):
+            if tp in self.direct:
+                node_rows = rows.setdefault(("d", tp[1]), [])
+                node_rows += pos.direct_rows(self.group, {tp: self.direct[tp]})
         self.dirty.clear()
         self.dirty_direct.clear()
-        rows = pos.rows_for(self.group, self.topic, changed) + pos.direct_rows(self.group, direct)
-
-        async def store(conn: AsyncConnection) -> None:
-            await pos.store(conn, rows)
-
-        return store
+        meta = generation.meta
+        return FlushPositions(rows, meta.get("users", {}), meta.get("links", set()))
 
     def forget(self, partitions: set[int], sources: set[pos.SourceTP]) -> None:
         """Partitions revoked: Faust has waited for all their acks (= our commits)."""
@@ -110,6 +193,7 @@ class ProgressRuntime:
         book, pipeline, latest = self.book, self.pipeline, self.latest
         positions, dirty = book.direct, book.dirty_direct
         acks = self._acks()
+        users, links = self._users()
         for record, event in items:
             message = record.message
             tp = (message.topic, message.partition)
@@ -124,8 +208,14 @@ class ProgressRuntime:
                 continue
             if latest.stale(event):
                 kafka_metrics.LATE.inc()
-            elif await pipeline.buffer_batched(event):  # waited for space: a new generation
-                acks = self._acks()
+            else:
+                if await pipeline.buffer_batched(event):  # waited for space: a new generation
+                    acks = self._acks()
+                    users, links = self._users()
+                node = ("d", tp[1])
+                seen = users.setdefault(event.user_id, node)
+                if seen != node:
+                    links.add((seen, node))
             positions[tp] = offset + 1
             dirty.add(tp)
             acks.append(record)
@@ -174,6 +264,11 @@ class ProgressRuntime:
             kafka_metrics.LATE.inc()
         else:
             await self.pipeline.buffer_batched(item.event)
+            users, links = self._users()
+            node = ("r", partition)
+            seen = users.setdefault(item.event.user_id, node)
+            if seen != node:
+                links.add((seen, node))
         # No await between buffering and here: the flusher cannot take the generation
         # in between, so positions and acks join the one holding the event.
         positions.advance(offset, source, item.source_offset)
@@ -212,6 +307,15 @@ class ProgressRuntime:
             with attempt:
                 return await pos.load(self.pipeline.engine, book.group, book.topic, partition)
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _users(self) -> tuple[Users, Links]:
+        """Where the current generation's users' events came from (FlushPositions)."""
+        meta = self.pipeline.flusher.generation().meta
+        users: Users | None = meta.get("users")
+        if users is None:
+            users = meta["users"] = {}
+            meta["links"] = set()
+        return users, meta["links"]
 
     def _acks(self) -> list[faust.EventT[bytes]]:
         """Records to ack once the flush of the current generation (holding them) commits."""

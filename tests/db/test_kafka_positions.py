@@ -7,9 +7,15 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.events import Event, EventType
+from app.core.progress import Delta
 from app.kafka.codec import Forwarded, decode, encode
+from app.kafka.runtime import FlushPositions
+from app.pipeline import source_of
 from tables import positions as pos
+from tables.writer import RowsLocked, Writer
+from tests.helpers.faults import RowLock
 from tests.helpers.kafka import BASE_TIME
+from tests.helpers.support import config, goal, login, put_row, row
 
 
 def test_seen_and_advance():
@@ -46,3 +52,92 @@ async def test_store_then_load(pg_engine: AsyncEngine):
     assert await pos.load(pg_engine, "g", "rt", 0) == live[0]
     assert await pos.load(pg_engine, "g", "rt", 3) == live[3]
     assert await pos.load(pg_engine, "other", "rt", 0) == pos.PartitionPositions()
+
+
+# ----------------------------------------------------------------- flushes in parts
+
+CFG = config(goal("logins", "login", target=1000, type="increment"))
+
+
+def login_delta(user: str) -> Delta:
+    event = login(user, "2026-11-20 10:00")
+    (goal_,) = CFG.goals_for(source_of(event), "")
+    delta = Delta(goal_, user, event.namespace, None, event.event_time)
+    delta.add(event)
+    return delta
+
+
+def direct_row(partition: int, offset: int, topic: str = "t.login") -> list[dict[str, object]]:
+    return pos.direct_rows("g", {(topic, partition): offset})
+
+
+def test_a_flush_splits_by_the_partitions_its_users_came_from():
+    """Each part gets the users of its partitions and exactly those partitions'
+    positions; partitions sharing a user stay together; the rest goes to the first."""
+    users = {"a1": ("d", 0), "a2": ("d", 0), "b1": ("d", 1), "c1": ("d", 2), "c2": ("r", 5)}
+    positions = FlushPositions(
+        {
+            ("d", 0): direct_row(0, 10),
+            ("d", 1): direct_row(1, 20),
+            ("d", 2): direct_row(2, 30),
+            ("r", 5): pos.rows_for("g", "rt", {5: pos.PartitionPositions(7)}),
+            ("d", 3): direct_row(3, 40),  # nothing applied (all skipped): still stored
+        },
+        users,
+        {(("d", 2), ("r", 5))},  # c-users: records in a source and the repartition topic
+    )
+    deltas = [login_delta(u) for u in ("a1", "a2", "b1", "c1", "c2", "stray")]
+    parts = positions.split(deltas, 2)
+    # largest components first, each to the part with the fewest deltas so far
+    assert [sorted(d.user_id for d in part) for part, _ in parts] == [
+        ["a1", "a2", "b1", "stray"],
+        ["c1", "c2"],
+    ]
+    ((whole, _store),) = positions.split(deltas, 1)  # one way: one part, all of it
+    assert sorted(d.user_id for d in whole) == sorted(d.user_id for d in deltas)
+    assert len(positions.split(deltas, 8)) == 3  # never more parts than components
+
+
+@pytest.mark.postgres
+async def test_parts_commit_apart_with_their_own_positions(pg_engine: AsyncEngine, pg_url):
+    """A held row in one part: the other part commits with its rows and only its
+    partitions' positions; the held part is reported (RowsLocked, its deltas remaining)
+    and, retried after the release, commits with the rest. Nothing applied twice."""
+    for user in ("p0-a", "p0-b", "p1-a", "p1-b"):
+        await put_row(pg_engine, user, "logins", status="not_started")
+    users = {"p0-a": ("d", 0), "p0-b": ("d", 0), "p1-a": ("d", 1), "p1-b": ("d", 1)}
+    positions = FlushPositions(
+        {("d", 0): direct_row(0, 100), ("d", 1): direct_row(1, 200)}, users, set()
+    )
+    writer = Writer(pg_engine, batch_size=1, parallelism=2)
+    deltas = [login_delta(u) for u in users]
+    async with RowLock(pg_url, ["p1-b"]):
+        with pytest.raises(RowsLocked) as raised:
+            await writer.write(deltas, positions)
+        assert sorted(d.user_id for d in raised.value.remaining or []) == ["p1-a", "p1-b"]
+        assert raised.value.committed is not None and raised.value.committed.updated == 2
+        assert await pos.load_direct(pg_engine, "g", "t.login", 0) == 100
+        assert await pos.load_direct(pg_engine, "g", "t.login", 1) == 0  # not stored
+        assert (await row(pg_engine, "p0-a", "logins")).progress == 1
+        assert (await row(pg_engine, "p1-a", "logins")).progress == 0
+    result = await writer.write(raised.value.remaining or [], positions)
+    assert result.updated == 2
+    assert await pos.load_direct(pg_engine, "g", "t.login", 1) == 200
+    for user in users:
+        assert (await row(pg_engine, user, "logins")).progress == 1
+
+
+@pytest.mark.postgres
+async def test_each_part_stores_exactly_its_partitions_positions(pg_engine: AsyncEngine):
+    positions = FlushPositions(
+        {("d", 0): direct_row(0, 10), ("d", 1): direct_row(1, 20), ("d", 3): direct_row(3, 40)},
+        {"a": ("d", 0), "b": ("d", 1)},
+    )
+    parts = positions.split([login_delta("a"), login_delta("b")], 2)
+    stored = []
+    for _part, store in parts:
+        async with pg_engine.begin() as conn:
+            await store(conn)
+        stored.append([await pos.load_direct(pg_engine, "g", "t.login", n) for n in range(4)])
+    # the first part (a) also takes the positions no delta came with (partition 3)
+    assert stored == [[10, 0, 0, 40], [10, 20, 0, 40]]
