@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -318,6 +319,27 @@ async def running(
         yield pipeline
     finally:
         await pipeline.close()
+
+
+# Young-generation collections every this many allocations (Python: 700).
+YOUNG_COLLECTION_EVERY = 50_000
+
+
+def settle_heap() -> None:
+    """Tune the garbage collector once start-up is done (serve, worker).
+
+    What start-up built (modules, protos, config) lives as long as the process: frozen,
+    a full collection never walks it again (measured in serve: 60-110 ms pauses of the
+    event loop without this). And the traffic's own objects are mostly long-lived too —
+    a generation's deltas and events until its flush commits, the dedup window, Kafka
+    records until acked: with the default 700-allocation threshold the collector
+    re-walked them so often that it took ~20 % of a Kafka worker's CPU (issue 11: one
+    worker 9,805 -> 12,037 events/s with young collections every 50,000 allocations).
+    Nothing here relies on prompt cycle collection (no __del__, bounded buffers)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, middle, old)
 
 
 def reload_config(path: Path, apply: Callable[[ChallengeConfig], None]) -> bool:

@@ -27,7 +27,7 @@ from app.kafka.produce import produce_file
 from app.kafka.topics import Topics
 from app.observability.logs import setup_logging
 from app.observability.metrics import serve_metrics
-from app.pipeline import reload_config
+from app.pipeline import reload_config, settle_heap
 from tables.db import is_transient
 from tables.migrate import upgrade
 
@@ -91,6 +91,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         quiet=True,
     )
     worker.spinner = None  # no terminal escape codes in the JSON log stream
+    settle_heap()  # start-up done: the collector tuned for what traffic keeps alive
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

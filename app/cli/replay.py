@@ -14,7 +14,7 @@ from app.core.clock import utc_naive
 from app.core.settings import Settings, SettingsError
 from app.kafka.replay import replay_range
 from app.observability.logs import setup_logging
-from app.pipeline import running
+from app.pipeline import running, settle_heap
 from app.replay import ReplaySummary, replay_file
 
 
@@ -73,6 +73,7 @@ def replay_topic(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     setup_logging(settings.log_level, settings.log_format)
+    settle_heap()  # a replay holds many events at once: the collector tuned for it
     if args.topic:
         return replay_topic(settings, args)
     if not args.file:
