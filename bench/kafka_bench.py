@@ -8,7 +8,11 @@ per user over three days) and measures, against the same records:
   replay     `replay --topic` for both topics (app.kafka.replay.replay_range, in process)
   worker x1  one `python -m app worker` process, fresh consumer group
   worker x2  two worker processes in one group
-  kill -9    one worker killed with SIGKILL at half the stream, restarted
+  kill -9    one worker killed with SIGKILL at half the stream, restarted (its partitions
+             move once the session timeout has expired)
+  kill -9, static id
+             the same with KAFKA_GROUP_INSTANCE_ID set: the restarted worker rejoins as
+             itself and takes its partitions back at once
 
 Every processing run starts from empty tables in its own database (`challenge_kbench` on
 the server of --database-url, created if missing) and ends with the rows compared to the
@@ -342,13 +346,20 @@ async def workers(
     logdir: Path,
     kill_at: float | None = None,
     timeout: float = 900,
+    static: bool = False,
 ) -> dict[str, Any]:
+    """`static`: each worker has its own KAFKA_GROUP_INSTANCE_ID (a restarted one too)."""
     await reset(engine)
     group = f"kbench-{uuid.uuid4().hex[:8]}"
     env = {**base_env, "KAFKA_CONSUMER_GROUP": group}
+    envs = [
+        {**env, "KAFKA_GROUP_INSTANCE_ID": f"{group}-{i}"} if static else env for i in range(count)
+    ]
     ports = [free_port() for _ in range(count)]
     started = time.perf_counter()
-    procs = [start_worker(env, port, logdir / f"{name}-{i}.log") for i, port in enumerate(ports)]
+    procs = [
+        start_worker(envs[i], port, logdir / f"{name}-{i}.log") for i, port in enumerate(ports)
+    ]
     samples: list[tuple[float, int]] = []
     ready_at: float | None = None
     killed_at: float | None = None
@@ -363,7 +374,7 @@ async def workers(
                 os.killpg(procs[0].pid, signal.SIGKILL)
                 procs[0].wait()
                 killed_at = now
-                procs[0] = start_worker(env, ports[0], logdir / f"{name}-0.log")
+                procs[0] = start_worker(envs[0], ports[0], logdir / f"{name}-0.log")
             if done >= total:
                 break
             for p in procs:
@@ -437,8 +448,8 @@ async def main() -> None:
     )
     parser.add_argument(
         "--runs",
-        default="raw,replay,worker1,worker2,kill",
-        help="comma-separated subset of raw,replay,worker1,worker2,kill",
+        default="raw,replay,worker1,worker2,kill,kill-static",
+        help="comma-separated subset of raw,replay,worker1,worker2,kill,kill-static",
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
@@ -537,6 +548,22 @@ async def main() -> None:
                     expected,
                     logdir,
                     kill_at=0.5,
+                ),
+            ),
+            (
+                "worker x1, kill -9, static id",
+                "kill-static",
+                lambda: workers(
+                    "kill-static",
+                    1,
+                    worker_env,
+                    topics,
+                    args.events,
+                    engine,
+                    expected,
+                    logdir,
+                    kill_at=0.5,
+                    static=True,
                 ),
             ),
         ]

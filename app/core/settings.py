@@ -36,6 +36,18 @@ def parse_duration(name: str, raw: str) -> float:
     return seconds
 
 
+# Kafka's rule for client-chosen names (group.instance.id): legal characters, 1-249 long.
+_KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def kafka_name(name: str, raw: str) -> str:
+    """An optional Kafka identifier ("" when unset)."""
+    value = raw.strip()
+    if value and not _KAFKA_NAME.match(value):
+        raise SettingsError(f"{name}: use 1-249 of the characters A-Z a-z 0-9 . _ -, got {raw!r}")
+    return value
+
+
 def positive_int(name: str, raw: str) -> int:
     try:
         value = int(raw.strip())
@@ -163,6 +175,9 @@ class Settings:
     kafka_consumer_group: str = "challenge-event-handler"
     kafka_repartition_partitions: int = 8
     kafka_session_timeout: float = 10.0
+    # static group membership: a restarted worker with the same id takes its partitions
+    # back at once instead of after the session timeout ("" = dynamic membership)
+    kafka_group_instance_id: str = ""
     kafka_source_partitions: int = 4  # for topics the worker creates when missing
     kafka_batch_size: int = 1000  # records an agent takes at a time
     kafka_batch_wait: float = 0.05  # longest wait to fill a batch
@@ -207,6 +222,9 @@ class Settings:
             kafka_consumer_group=e.raw("KAFKA_CONSUMER_GROUP", "challenge-event-handler").strip(),
             kafka_repartition_partitions=e.count("KAFKA_REPARTITION_PARTITIONS", "8"),
             kafka_session_timeout=e.duration("KAFKA_SESSION_TIMEOUT", "10s"),
+            kafka_group_instance_id=kafka_name(
+                "KAFKA_GROUP_INSTANCE_ID", e.raw("KAFKA_GROUP_INSTANCE_ID", "")
+            ),
             kafka_source_partitions=e.count("KAFKA_SOURCE_PARTITIONS", "4"),
             kafka_batch_size=e.count("KAFKA_BATCH_SIZE", "1000"),
             kafka_batch_wait=e.duration("KAFKA_BATCH_WAIT", "50ms"),

@@ -102,6 +102,8 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         # a killed worker's partitions move after this long (Faust's default is 60 s)
         broker_session_timeout=session,
         broker_heartbeat_interval=max(1.0, session / 5),
+        # KAFKA_GROUP_INSTANCE_ID: a worker restarted after a crash rejoins as itself
+        consumer_group_instance_id=settings.kafka_group_instance_id or None,
         stream_wait_empty=True,
         # A few batches per stream. Larger buffers let one source stream's backlog hold
         # the fetcher (it waits to put into a full stream) and starve the repartition

@@ -207,3 +207,44 @@ async def test_database_outage_mid_stream_worker_waits_and_catches_up(
         assert await table(pg_engine) == expected.rows()
     finally:
         w.terminate()
+
+
+async def test_a_worker_with_a_static_id_takes_its_partitions_back_at_once_after_kill_9(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    """KAFKA_GROUP_INSTANCE_ID: killed -9 and restarted with the same id, the worker
+    rejoins as itself and applies again long before the (here 60 s) session timeout,
+    after which a new member would get the partitions; rows exact."""
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 20_000, 500)
+    config = write_config(tmp_path)
+    env = {"KAFKA_GROUP_INSTANCE_ID": f"{ns}-0", "KAFKA_SESSION_TIMEOUT": "60s"}
+    first = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w1.log", **env).start()
+    try:
+        await produce(kafka_bootstrap, records[:10_000])
+        await first.wait_ready()
+
+        async def some_applied() -> bool:
+            return await applied(pg_engine, first.group) >= 5_000
+
+        await wait_for(some_applied, 120, "first worker applying")
+        first.kill()
+    finally:
+        first.kill()
+    await produce(kafka_bootstrap, records[10_000:])
+    before = await applied(pg_engine, first.group)
+    second = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w2.log", **env).start()
+    started = asyncio.get_running_loop().time()
+    try:
+
+        async def applying_again() -> bool:
+            assert second.running(), second.tail()
+            return await applied(pg_engine, first.group) > before
+
+        await wait_for(applying_again, 45, "restarted worker applying (static id)")
+        assert asyncio.get_running_loop().time() - started < 45  # not after the 60 s
+        await settle(kafka_bootstrap, pg_engine, ns, [second])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        second.terminate()

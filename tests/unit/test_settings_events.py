@@ -42,6 +42,9 @@ def test_durations(raw, seconds):
         ({"BUFFER_COMMIT_DELAY": "-5ms"}, "BUFFER_COMMIT_DELAY"),
         ({"BUFFER_BUSY_COMMIT_DELAY": "later"}, "BUFFER_BUSY_COMMIT_DELAY"),
         ({"BUFFER_COMMIT_SIBLINGS": "0"}, "BUFFER_COMMIT_SIBLINGS"),
+        ({"KAFKA_GROUP_INSTANCE_ID": "worker 1"}, "KAFKA_GROUP_INSTANCE_ID"),
+        ({"KAFKA_GROUP_INSTANCE_ID": "w\x00"}, "KAFKA_GROUP_INSTANCE_ID"),
+        ({"KAFKA_GROUP_INSTANCE_ID": "w" * 250}, "KAFKA_GROUP_INSTANCE_ID"),
     ],
 )
 def test_a_bad_value_names_the_variable(env, variable):
