@@ -19,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
-from datetime import datetime
 
 import faust
 
-from app.core.clock import from_epoch_ms
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.kafka.codec import Forwarded, dead_letter_value, encode
 from app.kafka.faust_app import KafkaApp, SourceTopic
@@ -37,13 +35,12 @@ log = logging.getLogger(__name__)
 SLICE = 128
 
 
-def record_time(message: faust.types.Message) -> tuple[datetime | None, int | None]:
-    """Kafka record timestamp (Faust gives seconds) -> (fallback event time, epoch ms)."""
+def record_ms(message: faust.types.Message) -> int | None:
+    """Kafka record timestamp (Faust gives seconds) -> epoch ms (None: not set)."""
     ts = message.timestamp
     if not ts or ts <= 0:
-        return None, None
-    ms = round(ts * 1000)
-    return from_epoch_ms(ms), ms
+        return None
+    return round(ts * 1000)
 
 
 class Ingest:
@@ -131,15 +128,14 @@ class Ingest:
         raw = record.value
         if raw is None or raw == b"":
             raise InvalidEvent("nil_message", "message cannot be nil")
-        fallback, _ = record_time(record.message)
-        return decode_json_event(raw, self.event_type, fallback)
+        return decode_json_event(raw, self.event_type, fallback_ms=record_ms(record.message))
 
     async def forward(
         self, record: faust.EventT[bytes], event: Event
     ) -> tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]:
         """Send a copy keyed by user id to the repartition topic (acked once delivered)."""
         message = record.message
-        _, ts_ms = record_time(message)
+        ts_ms = record_ms(message)
         user_key = event.user_id.encode()
         value = encode(Forwarded(event, self.topic_name, message.partition, message.offset, ts_ms))
         return record, user_key, value, await self.send(user_key, value)

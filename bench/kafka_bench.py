@@ -58,7 +58,7 @@ from app.core.settings import Settings, async_database_url
 from app.kafka.admin import ensure_topics
 from app.kafka.replay import replay_range
 from app.kafka.topics import Topics
-from app.pipeline import source_of
+from app.pipeline import settle_heap, source_of
 from tables.db import make_engine
 from tables.migrate import upgrade_async
 
@@ -278,6 +278,7 @@ async def replay(
     expected: dict,
 ) -> dict[str, Any]:
     await reset(engine)
+    settle_heap()  # as `python -m app replay` does before it starts
     started = time.perf_counter()
     outcomes: Counter[str] = Counter()
     for topic in (topics.login, topics.stat):

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from app.core.clock import now_utc, utc_naive
+from app.core.clock import from_epoch_ms, now_utc, utc_naive
 
 INT_MAX = 2_147_483_647
 INT_MIN = -2_147_483_648
@@ -160,6 +160,7 @@ def build_event(
     user_id: str,
     timestamp: Any,
     fallback_time: datetime | None,
+    fallback_ms: float | None = None,
     has_payload: bool = True,
     stat_code: str = "",
     value: float = 0.0,
@@ -183,7 +184,13 @@ def build_event(
         raise InvalidEvent("event_id_too_long", "id too long")
     storable(event_id, "id")
     storable(namespace, "namespace")
-    event_time = parse_timestamp(timestamp) or representable(fallback_time) or now_utc()
+    event_time = (
+        parse_timestamp(timestamp)
+        or representable(fallback_time)
+        # the Kafka record time, converted only when the payload has no usable time
+        or representable(from_epoch_ms(fallback_ms))
+        or now_utc()
+    )
     return Event(
         event_id=event_id,
         type=event_type,
@@ -230,8 +237,12 @@ def decode_json_event(
     raw: bytes | str | dict[str, Any],
     event_type: EventType | None = None,
     fallback_time: datetime | None = None,
+    fallback_ms: float | None = None,
 ) -> Event:
-    """Either JSON shape of SPEC §1.2 -> Event (InvalidEvent when unusable)."""
+    """Either JSON shape of SPEC §1.2 -> Event (InvalidEvent when unusable).
+
+    `fallback_ms`: the Kafka record timestamp (epoch ms), the event time when the payload
+    has none (SPEC §1.3), after `fallback_time`."""
     if isinstance(raw, dict):
         obj = raw
     else:
@@ -272,6 +283,7 @@ def decode_json_event(
         user_id=user_id,
         timestamp=timestamp,
         fallback_time=fallback_time,
+        fallback_ms=fallback_ms,
         has_payload=bool(payload),
         stat_code=stat_code,
         value=value,

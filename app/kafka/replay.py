@@ -15,7 +15,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from app.core.challenges import ChallengeConfig
-from app.core.clock import epoch_ms, from_epoch_ms
+from app.core.clock import epoch_ms
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.core.latest import LatestValues
 from app.core.settings import Settings, SettingsError
@@ -123,7 +123,7 @@ def _event(
     try:
         if not record.value:
             raise InvalidEvent("nil_message", "message cannot be nil")
-        event = decode_json_event(record.value, event_type, from_epoch_ms(record.timestamp))
+        event = decode_json_event(record.value, event_type, fallback_ms=record.timestamp)
     except InvalidEvent as exc:
         summary.refused(
             exc.reason, f"partition {record.partition} offset {record.offset}", exc.message

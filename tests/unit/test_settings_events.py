@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -117,6 +117,29 @@ def test_proto_json_shape():
         1,
     )
     assert event.event_time == datetime(2026, 11, 20, 8, 0)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "record_ms", "expected"),
+    [
+        (None, 1_763_726_400_000, datetime(2025, 11, 21, 12, 0)),  # the record time
+        ("2026-11-20T08:00:00Z", 1_763_726_400_000, datetime(2026, 11, 20, 8, 0)),
+        ("yesterday", 1_763_726_400_000, datetime(2025, 11, 21, 12, 0)),
+        (None, 0, None),  # no record time either: the time it was received
+        (None, -5, None),
+        (None, 10**20, None),  # beyond what a datetime holds
+    ],
+)
+def test_the_kafka_record_time_is_the_fallback_in_epoch_ms(timestamp, record_ms, expected):
+    body = {"userId": "u", "payload": {}}
+    if timestamp is not None:
+        body["timestamp"] = timestamp
+    before = datetime.now(UTC).replace(tzinfo=None)
+    event = decode_json_event(body, EventType.LOGIN, fallback_ms=record_ms)
+    if expected is None:
+        assert event.event_time >= before
+    else:
+        assert event.event_time == expected
 
 
 def test_short_shape_with_record_time_fallback():
