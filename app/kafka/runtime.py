@@ -201,7 +201,8 @@ class ProgressRuntime:
             next_offset = positions.get(tp)
             if next_offset is None:
                 next_offset = positions[tp] = await self._load_direct(tp)
-                acks = self._acks()
+                acks = self._acks()  # the flusher may have taken the generation meanwhile
+                users, links = self._users()
             if offset < next_offset:
                 _REDELIVERED_DIRECT.inc()
                 acks.append(record)
