@@ -279,7 +279,7 @@ class Dialect:
                 "SELECT s.*, l.*\n"
                 "    FROM delta AS s\n"
                 "    LEFT JOIN LATERAL (\n"
-                f"        SELECT TRUE AS found, x.ctid AS row_ctid, {row}\n"
+                f"        SELECT TRUE AS found, x.ctid AS row_ctid, x.xmin AS row_xmin, {row}\n"
                 "        FROM user_goal_progress AS x\n"
                 f"        WHERE {_key('x', 's')}\n"
                 "        LIMIT 1\n"
@@ -478,7 +478,7 @@ def _stages(
         (
             materialized + "merged",
             "SELECT user_id, goal_id, challenge_id, namespace, family, fresh, is_active,\n"
-            + ("           row_ctid,\n" if optimistic else "")
+            + ("           row_ctid, row_xmin,\n" if optimistic else "")
             + "           new_progress,\n"
             f"           CASE WHEN family = {DAILY} OR keep_completed OR completes\n"
             f"               THEN '{COMPLETED}' ELSE '{IN_PROGRESS}' END AS new_status,\n"
@@ -508,10 +508,18 @@ def _with(stages: list[tuple[str, str]]) -> str:
 def _update(d: Dialect, optimistic: bool = False) -> str:
     # SQLite's RETURNING sees only the target table, and not by its alias.
     returning = "t.user_id, t.goal_id" if d.pg else "user_id, goal_id"
-    # Optimistic: the row version that was read, by its ctid. One another transaction
-    # changed meanwhile is a new version with another ctid: passed by (after waiting for
-    # that transaction), reported 'r' and re-run.
-    where = f"t.ctid = n.row_ctid AND {_key('t', 'n')}" if optimistic else _key("t", "n")
+    # Optimistic: the row version that was read, by its ctid and xmin. One another
+    # transaction changed meanwhile is a new version (another ctid, another xmin): passed
+    # by (after waiting for that transaction), reported 'r' and re-run. The xmin is what
+    # EvalPlanQual rechecks on every server: the planner reaches each row by a Tid Scan,
+    # whose recheck did not compare the ctid until a 2025 fix (back-patched to 13; older
+    # minor releases, which the backend's server may run, lack it), so the new version
+    # would have been overwritten with values merged from the old one.
+    where = (
+        f"t.ctid = n.row_ctid AND t.xmin = n.row_xmin AND {_key('t', 'n')}"
+        if optimistic
+        else _key("t", "n")
+    )
     return (
         "UPDATE user_goal_progress AS t\n"
         "    SET progress = n.new_progress,\n"

@@ -463,10 +463,26 @@ async def test_the_busy_commit_delay_applies_only_while_enough_calls_are_in_flig
 STREAK = config(goal("streak", "login", target=5, type="increment", daily=True))
 
 
-async def test_an_optimistic_flush_reruns_a_row_changed_meanwhile(pg_engine, pg_url):
-    """Rows are read unlocked and updated by ctid. Another session changes a row after
-    our read and commits while our update waits for it: our update passes the old
-    version by, the key is re-run on the new one, and the day's mark moves once."""
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("progress = 7", {"progress": 8, "status": "completed"}),  # 7, then our +1 (target 5)
+        # a claim meanwhile: the re-run sees it and leaves the row as claimed
+        (
+            "progress = 5, status = 'claimed', completed_at = now(), claimed_at = now()",
+            {"progress": 5, "status": "claimed"},
+        ),
+    ],
+    ids=["changed", "claimed"],
+)
+async def test_an_optimistic_flush_reruns_a_row_changed_meanwhile(
+    pg_engine, pg_url, change, expected
+):
+    """Rows are read unlocked and updated by ctid and xmin. Another session changes a
+    row after our read and commits while our update waits for it: our update passes the
+    old version by, the key is re-run on the new one, and the day's mark moves once.
+    (The update reaches the row by a Tid Scan; the xmin comparison is what makes the
+    pass-by hold on servers whose Tid Scan recheck ignores the ctid.)"""
     await put_row(pg_engine, "racer", "streak", progress=3, status="in_progress")
     writer = Writer(pg_engine, lock_timeout="10s")
     event = login("racer", "2026-11-21 10:00")
@@ -476,18 +492,19 @@ async def test_an_optimistic_flush_reruns_a_row_changed_meanwhile(pg_engine, pg_
     try:
         tx = other.transaction()
         await tx.start()
-        await other.execute("UPDATE user_goal_progress SET progress = 7 WHERE user_id = 'racer'")
+        await other.execute(f"UPDATE user_goal_progress SET {change} WHERE user_id = 'racer'")
         write = asyncio.create_task(writer.write(list(deltas.values())))
         await _wait_for_lock_wait(other)  # our update waits behind the other session
         await tx.commit()
         result = await asyncio.wait_for(write, 10)
     finally:
         await other.close()
-    assert result.updated == 1 and result.statements == 2  # the re-run of the changed key
-    assert (await row(pg_engine, "racer", "streak")).progress == 8  # 7, then our +1
+    assert result.statements == 2  # the re-run of the changed key
+    racer = await row(pg_engine, "racer", "streak")
+    assert {"progress": racer.progress, "status": racer.status} == expected
     async with pg_engine.connect() as conn:
         marks = (await conn.execute(text("SELECT day FROM challenge_daily_marks"))).all()
-    assert [m.day for m in marks] == [ts("2026-11-21 00:00")]
+    assert [m.day for m in marks] == [ts("2026-11-21 00:00")]  # the day counted, once
     assert writer.lock_fallbacks == 0
 
 

@@ -471,7 +471,7 @@ locked AS (
     SELECT s.*, l.*
     FROM delta AS s
     LEFT JOIN LATERAL (
-        SELECT TRUE AS found, x.ctid AS row_ctid, x.progress AS row_progress,
+        SELECT TRUE AS found, x.ctid AS row_ctid, x.xmin AS row_xmin, x.progress AS row_progress,
                x.status AS row_status,
                x.completed_at AS row_completed_at,
                x.claimed_at AS row_claimed_at,
@@ -571,7 +571,7 @@ outcome AS (
 ),
 merged AS MATERIALIZED (
     SELECT user_id, goal_id, challenge_id, namespace, family, fresh, is_active,
-           row_ctid,
+           row_ctid, row_xmin,
            new_progress,
            CASE WHEN family = 3 OR keep_completed OR completes
                THEN 'completed' ELSE 'in_progress' END AS new_status,
@@ -595,7 +595,7 @@ updated AS (
             baseline_value = n.new_baseline,
             updated_at = (now() AT TIME ZONE 'UTC')
         FROM merged AS n
-        WHERE t.ctid = n.row_ctid AND t.user_id = n.user_id AND t.goal_id = n.goal_id AND NOT n.fresh
+        WHERE t.ctid = n.row_ctid AND t.xmin = n.row_xmin AND t.user_id = n.user_id AND t.goal_id = n.goal_id AND NOT n.fresh
         RETURNING t.user_id, t.goal_id
 ),
 marks AS (
