@@ -468,7 +468,7 @@ class Flusher:
         if self.on_flush:
             self.on_flush(generation, result, elapsed)
         # The dedup window keeps generations for minutes: keep only what waiters need.
-        generation.deltas, generation.log = {}, None
+        generation.deltas, generation.log, generation.meta = {}, None, {}
         self._space.set()
         if claim is not None and time.monotonic() - self._pruned_at > self.prune_every:
             self._pruned_at = time.monotonic()
@@ -491,7 +491,7 @@ class Flusher:
                 break
             except TransientWriteError as exc:
                 if exc.remaining is not None:  # some shards committed: retry only the rest
-                    deltas = exc.remaining
+                    deltas, extra = exc.remaining, exc.remaining_extra
                     if exc.committed is not None:
                         result.merge(exc.committed)
                     if claim is not None:

@@ -1,4 +1,5 @@
-"""Writes one flush of buffered deltas in one transaction (SPEC §5.2).
+"""Writes one flush of buffered deltas (SPEC §5.2): one transaction, or a few committed
+apart when the flush is large (parts of disjoint users, each with its share of `extra`).
 
 - Deltas for the same (user, goal) but different periods (a replay spanning days) go
   in successive rounds, oldest period first; each round is written in key order, one
@@ -12,8 +13,9 @@
   returned in `WriteResult.carried`, so the user's events stay whole and in order and
   their ids are not recorded as applied. With `extra` (Kafka positions, which must only
   cover what is committed) a held row raises `RowsLocked` instead: the caller waits.
-- Large flushes on PostgreSQL read their rows without locking them and update each by
-  its ctid (tables/merge_sql.py, the optimistic form): a row changed meanwhile is re-run,
+- Flushes written the long way on PostgreSQL (not the one-statement form) read their
+  rows without locking them and update each by its ctid and xmin (tables/merge_sql.py,
+  the optimistic form): a row changed meanwhile is re-run,
   and a row another transaction holds ends the wait at `LOCK_TIMEOUT`; the flush is then
   redone in the locking form (SKIP LOCKED), which stays in use for `CONTENDED_FOR`.
 - A transient failure (database down, deadlock) is raised as `TransientWriteError`; the
@@ -72,8 +74,10 @@ class TransientWriteError(Exception):
     """The batch could not be written now; nothing of `remaining` was committed.
 
     `remaining` is None when nothing at all was committed (retry the whole batch); after
-    a parallel write it holds the deltas of the shards that failed, and `committed` the
-    result of those that did.
+    a write in parts it holds the deltas of the parts that failed, `remaining_extra`
+    their share of the extra (only that is retried: the committed parts' Kafka positions
+    must not be stored again, another worker may own those partitions by then), and
+    `committed` the result of the parts that did commit.
     """
 
     def __init__(
@@ -83,16 +87,19 @@ class TransientWriteError(Exception):
         committed: WriteResult | None = None,
         *,
         kind: str = OUTAGE,
+        remaining_extra: Extra | None = None,
     ):
         super().__init__(message)
         self.remaining = remaining
+        self.remaining_extra = remaining_extra
         self.committed = committed
         # OUTAGE: retry until the database is back; RETRY: a few times, then isolate.
         self.kind = kind
 
 
 class RowsLocked(TransientWriteError):
-    """A write with `extra` met rows held by another transaction; nothing committed."""
+    """A write with `extra` met rows held by another transaction. Nothing of its rows
+    was committed (after a write in parts: nothing of `remaining`)."""
 
 
 @dataclass
@@ -156,11 +163,23 @@ class _Held(Exception):
         self.users = users
 
 
+def _together(extras: list[Extra]) -> Extra | None:
+    """The failed parts' extras, run one after the other in the retry's transaction."""
+    if len(extras) < 2:
+        return extras[0] if extras else None
+
+    async def run(conn: AsyncConnection) -> None:
+        for extra in extras:
+            await extra(conn)
+
+    return run
+
+
 def _tally(
     reported: Sequence[Sequence[str]], by_key: dict[tuple[str, str], Delta], result: WriteResult
 ) -> list[Delta]:
     """Count a merge statement's report into `result`; returns the deltas reported 'r'
-    (inserted meanwhile by another writer)."""
+    (inserted, or in the optimistic form changed, meanwhile by another writer)."""
     raced: list[Delta] = []
     for tag, user_id, goal_id in reported:
         if tag == "U":
@@ -254,8 +273,8 @@ class Writer:
         by the extra's own split when it has one (`PartedExtra`: Kafka positions, each
         part with the positions of the partitions its users came from); any other
         `extra` keeps the flush one transaction. A part that fails is reported in
-        TransientWriteError.remaining so only it is retried (the others are committed and
-        must not be applied twice).
+        TransientWriteError.remaining (and its extra in remaining_extra) so only it is
+        retried (the others are committed and must not be applied twice).
         With `claim`, the flush's event ids are recorded in the same transaction and
         events already applied (by another replica, or before a restart) are left out.
         `isolate`: go straight to row-by-row isolation (a batch that keeps failing).
@@ -294,10 +313,13 @@ class Writer:
             return_exceptions=True,
         )
         total, remaining, failures = WriteResult(), [], []
-        for (part, _), outcome in zip(parts, outcomes, strict=True):
+        extras: list[Extra] = []
+        for (part, part_extra), outcome in zip(parts, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 remaining.extend(part)
                 failures.append(outcome)
+                if part_extra is not None:
+                    extras.append(part_extra)
             elif isinstance(outcome, BaseException):
                 raise outcome  # cancelled (shutdown gave up)
             else:
@@ -307,12 +329,20 @@ class Writer:
         bug = next((f for f in failures if not isinstance(f, TransientWriteError)), None)
         if bug is not None and len(failures) == len(parts):
             raise bug  # nothing committed: the caller isolates the whole flush
-        # Retry only the failed parts (a bug among them as a data error: a few retries,
-        # then isolation); all of them held by another transaction: RowsLocked.
-        outage = any(getattr(f, "kind", RETRY) == OUTAGE for f in failures)
-        held = all(isinstance(f, RowsLocked) for f in failures)
-        error = RowsLocked if held else TransientWriteError
-        raise error(str(failures[0]), remaining, total, kind=OUTAGE if outage else RETRY)
+        # Retry only the failed parts, with only their extra. All of them held by another
+        # transaction: RowsLocked (waited for like an outage). Otherwise the kind comes
+        # from the other failures (a bug among them counts as a data error: a few
+        # retries, then isolation), not from a held part's.
+        others = [f for f in failures if not isinstance(f, RowsLocked)]
+        error = TransientWriteError if others else RowsLocked
+        outage = not others or any(getattr(f, "kind", RETRY) == OUTAGE for f in others)
+        raise error(
+            str((others or failures)[0]),
+            remaining,
+            total,
+            kind=OUTAGE if outage else RETRY,
+            remaining_extra=_together(extras),
+        )
 
     async def _write_one(
         self,

@@ -3,7 +3,11 @@ through challenge_consumer_offsets inside a transaction."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.events import Event, EventType
@@ -12,7 +16,9 @@ from app.kafka.codec import Forwarded, decode, encode
 from app.kafka.runtime import FlushPositions
 from app.pipeline import source_of
 from tables import positions as pos
-from tables.writer import RowsLocked, Writer
+from tables.buffer import Flusher
+from tables.db import RETRY
+from tables.writer import RowsLocked, TransientWriteError, Writer
 from tests.helpers.faults import RowLock
 from tests.helpers.kafka import BASE_TIME
 from tests.helpers.support import config, goal, login, put_row, row
@@ -120,11 +126,101 @@ async def test_parts_commit_apart_with_their_own_positions(pg_engine: AsyncEngin
         assert await pos.load_direct(pg_engine, "g", "t.login", 1) == 0  # not stored
         assert (await row(pg_engine, "p0-a", "logins")).progress == 1
         assert (await row(pg_engine, "p1-a", "logins")).progress == 0
-    result = await writer.write(raised.value.remaining or [], positions)
+    assert raised.value.remaining_extra is not None
+    result = await writer.write(raised.value.remaining or [], raised.value.remaining_extra)
     assert result.updated == 2
+    assert await pos.load_direct(pg_engine, "g", "t.login", 0) == 100
     assert await pos.load_direct(pg_engine, "g", "t.login", 1) == 200
     for user in users:
         assert (await row(pg_engine, user, "logins")).progress == 1
+
+
+@pytest.mark.postgres
+async def test_a_retried_part_stores_only_its_own_positions(pg_engine: AsyncEngine, pg_url):
+    """The flusher retries only the held part, with only its partitions' positions: a
+    committed part's partition may belong to another worker by then (a rebalance), and
+    storing its old position again would move that worker's position back (its events
+    applied twice after the next restart)."""
+    users = {"p0-a": ("d", 0), "p0-b": ("d", 0), "p1-a": ("d", 1), "p1-b": ("d", 1)}
+    for user in users:
+        await put_row(pg_engine, user, "logins", status="not_started")
+    positions = FlushPositions(
+        {("d", 0): direct_row(0, 100), ("d", 1): direct_row(1, 200)}, users, set()
+    )
+    flusher = Flusher(
+        Writer(pg_engine, batch_size=1, parallelism=2),
+        interval=0.02,
+        max_backoff=0.05,
+        extra_for=lambda _generation: positions,
+    )
+    flusher.start()
+    try:
+        async with RowLock(pg_url, ["p1-b"]):
+            for user in users:
+                event = login(user, "2026-11-20 10:00")
+                generation, _ = await flusher.add(event, CFG.goals_for(source_of(event), ""))
+            deadline = time.monotonic() + 10
+            # the free part committed; the held one failed (and is retried from now on)
+            while flusher.failures == 0:
+                assert time.monotonic() < deadline, "the held part never failed"
+                await asyncio.sleep(0.02)
+            assert await pos.load_direct(pg_engine, "g", "t.login", 0) == 100
+            assert await pos.load_direct(pg_engine, "g", "t.login", 1) == 0
+            async with pg_engine.begin() as conn:  # partition 0's new owner moves on
+                await pos.store(conn, direct_row(0, 150))
+        await asyncio.wait_for(asyncio.shield(generation.done), 10)
+    finally:
+        await flusher.close()
+    assert await pos.load_direct(pg_engine, "g", "t.login", 0) == 150
+    assert await pos.load_direct(pg_engine, "g", "t.login", 1) == 200
+    for user in users:
+        assert (await row(pg_engine, user, "logins")).progress == 1
+
+
+class _DeadlockInOnePart:
+    """A PartedExtra whose first part's work meets a real deadlock-class error."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    async def __call__(self, conn) -> None:  # the flush as one transaction
+        self.stored.append("whole")
+
+    def split(self, deltas, ways):
+        async def deadlock(conn) -> None:
+            await conn.execute(
+                text("DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = '40P01'; END $$")
+            )
+
+        async def fine(conn) -> None:
+            self.stored.append("p1")
+
+        return [
+            ([d for d in deltas if d.user_id.startswith("p0")], deadlock),
+            ([d for d in deltas if d.user_id.startswith("p1")], fine),
+        ]
+
+
+@pytest.mark.postgres
+async def test_a_held_part_beside_a_failing_one_is_reported_as_the_failure_not_as_held(
+    pg_engine: AsyncEngine, pg_url
+):
+    """One part held by another transaction, the other failing with a deadlock: the
+    error is the deadlock's (a data error, retried a few times and then isolated), not
+    RowsLocked (waited for without end), and both parts' work is what is retried."""
+    users = ["p0-a", "p1-a"]
+    for user in users:
+        await put_row(pg_engine, user, "logins", status="not_started")
+    extra = _DeadlockInOnePart()
+    writer = Writer(pg_engine, batch_size=1, parallelism=2)
+    async with RowLock(pg_url, ["p1-a"]):
+        with pytest.raises(TransientWriteError) as raised:
+            await writer.write([login_delta(u) for u in users], extra)
+    assert not isinstance(raised.value, RowsLocked)
+    assert raised.value.kind == RETRY and "deadlock" in str(raised.value)
+    assert sorted(d.user_id for d in raised.value.remaining or []) == users
+    assert extra.stored == []
+    assert raised.value.remaining_extra is not None
 
 
 @pytest.mark.postgres
