@@ -4,8 +4,10 @@ The rules are those of `app.core.progress.apply_delta`, written once more as a c
 named steps (CTEs), one per rule stage, each computing its values once:
 
     delta       the buffered deltas of one chunk, one row per (user, goal)
-    locked      their existing rows, locked in key order (PostgreSQL: rows another
-                transaction holds are skipped, reported 'c' and carried to the next flush)
+    locked      their existing rows: locked in key order, rows another transaction holds
+                skipped, reported 'c' and carried to the next flush (PostgreSQL, the
+                locking form), or read unlocked with their ctid and xmin (the
+                optimistic form)
     paired      each delta beside its current row (defaults when there is none yet)
     periods     claimed? a new rotation period? a stale one? a new day for daily goals?
     guards      may the row be written (inactive, claimed, stale, counted today), does a
@@ -31,13 +33,14 @@ row is left alone, its daily mark too; the caller carries the delta to the next 
 Everything else (a guarded row) is not reported.
 
 It comes in two forms. The *locking* form reads each row with `FOR UPDATE SKIP LOCKED`
-(a held row is skipped at once, reported 'c'). The *optimistic* form, for large flushes,
-reads the rows without locking them and updates each one by its ctid: a row another
-transaction changed meanwhile has a new ctid, so the update passes it by and it is
-reported 'r' (re-run on the new version); a row another transaction holds makes the
-update wait, which the writer bounds with a short `lock_timeout` and then falls back to
-the locking form. It spares a lock (and its WAL record) and an index probe per row. SQLite (embedded, single writer) runs
-the same chain in three statements in the caller's transaction: update, insert, marks.
+(a held row is skipped at once, reported 'c'). The *optimistic* form, for flushes written
+the long way, reads the rows without locking them and updates each one by its ctid and
+xmin: a row another transaction changed meanwhile is a new version, so the update passes
+it by and it is reported 'r' (re-run on the new version); a row another transaction
+holds makes the update wait, which the writer bounds with a short `lock_timeout` and
+then falls back to the locking form. It spares a lock (and its WAL record) and an index
+probe per row. SQLite (embedded, single writer) runs the same chain in three statements
+in the caller's transaction: update, insert, marks.
 """
 
 from __future__ import annotations
@@ -579,7 +582,7 @@ class MergeStatements:
     postgres: str | None = None  # one statement: returns (tag, user_id, goal_id)
     # PostgreSQL, one statement that is a whole flush (see `_claimed`)
     claimed: str | None = None
-    # PostgreSQL, the unlocked form of `postgres` for large flushes (module docstring)
+    # PostgreSQL, the unlocked form of `postgres` (module docstring)
     optimistic: str | None = None
     update: str | None = None  # SQLite: the three statements, run in order
     insert: str | None = None
