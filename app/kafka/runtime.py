@@ -192,8 +192,7 @@ class ProgressRuntime:
         started = time.perf_counter()
         book, pipeline, latest = self.book, self.pipeline, self.latest
         positions, dirty = book.direct, book.dirty_direct
-        acks = self._acks()
-        users, links = self._users()
+        acks, users, links = self._noted()
         for record, event in items:
             message = record.message
             tp = (message.topic, message.partition)
@@ -201,8 +200,8 @@ class ProgressRuntime:
             next_offset = positions.get(tp)
             if next_offset is None:
                 next_offset = positions[tp] = await self._load_direct(tp)
-                acks = self._acks()  # the flusher may have taken the generation meanwhile
-                users, links = self._users()
+                # the flusher may have taken the generation meanwhile
+                acks, users, links = self._noted()
             if offset < next_offset:
                 _REDELIVERED_DIRECT.inc()
                 acks.append(record)
@@ -211,8 +210,7 @@ class ProgressRuntime:
                 kafka_metrics.LATE.inc()
             else:
                 if await pipeline.buffer_batched(event):  # waited for space: a new generation
-                    acks = self._acks()
-                    users, links = self._users()
+                    acks, users, links = self._noted()
                 node = ("d", tp[1])
                 seen = users.setdefault(event.user_id, node)
                 if seen != node:
@@ -254,7 +252,7 @@ class ProgressRuntime:
             item = decode(record.value)
         except Exception:  # our own format: only a bug or a foreign producer gets here
             log.exception("undecodable repartition record", extra={"offset": offset})
-            self._acks().append(record)
+            self._noted()[0].append(record)
             return
         source = (item.source_topic, item.source_partition)
         if positions.seen(offset, source, item.source_offset):
@@ -265,7 +263,7 @@ class ProgressRuntime:
             kafka_metrics.LATE.inc()
         else:
             await self.pipeline.buffer_batched(item.event)
-            users, links = self._users()
+            _, users, links = self._noted()
             node = ("r", partition)
             seen = users.setdefault(item.event.user_id, node)
             if seen != node:
@@ -274,7 +272,7 @@ class ProgressRuntime:
         # in between, so positions and acks join the one holding the event.
         positions.advance(offset, source, item.source_offset)
         self.book.dirty.add(partition)
-        self._acks().append(record)
+        self._noted()[0].append(record)
 
     async def _load_direct(self, tp: pos.SourceTP) -> int:
         """Next directly applied offset of a newly owned source partition."""
@@ -309,22 +307,13 @@ class ProgressRuntime:
                 return await pos.load(self.pipeline.engine, book.group, book.topic, partition)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _users(self) -> tuple[Users, Links]:
-        """Where the current generation's users' events came from (FlushPositions)."""
+    def _noted(self) -> tuple[list[faust.EventT[bytes]], Users, Links]:
+        """What the current generation notes: the records to ack once its flush commits,
+        and where its users' events came from (FlushPositions)."""
         meta = self.pipeline.flusher.generation().meta
-        users: Users | None = meta.get("users")
-        if users is None:
-            users = meta["users"] = {}
-            meta["links"] = set()
-        return users, meta["links"]
-
-    def _acks(self) -> list[faust.EventT[bytes]]:
-        """Records to ack once the flush of the current generation (holding them) commits."""
-        meta = self.pipeline.flusher.generation().meta
-        acks: list[faust.EventT[bytes]] | None = meta.get("acks")
-        if acks is None:
-            acks = meta["acks"] = []
-        return acks
+        if not meta:
+            meta.update(acks=[], users={}, links=set())
+        return meta["acks"], meta["users"], meta["links"]
 
 
 def _log_retry(message: str, partition: int) -> Any:
