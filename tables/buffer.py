@@ -490,7 +490,7 @@ class Flusher:
                 result.merge(await self.writer.write(deltas, extra, claim=claim, isolate=isolate))
                 break
             except TransientWriteError as exc:
-                if exc.remaining is not None:  # some shards committed: retry only the rest
+                if exc.remaining is not None:  # some parts committed: retry only the rest
                     deltas, extra = exc.remaining, exc.remaining_extra
                     if exc.committed is not None:
                         result.merge(exc.committed)

@@ -272,7 +272,7 @@ class Dialect:
 
         PostgreSQL locks the rows one index probe at a time, in the chunk's key order
         (the writer sorts it), skipping rows another transaction holds; optimistic, it
-        reads them (and their ctid) without a lock. SQLite has a single writer and needs
+        reads them (and their ctid and xmin) without a lock. SQLite has a single writer and needs
         no lock.
         """
         row = ",\n               ".join(f"x.{c} AS row_{c}" for c in ROW_COLUMNS)

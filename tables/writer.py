@@ -336,13 +336,11 @@ class Writer:
         others = [f for f in failures if not isinstance(f, RowsLocked)]
         error = TransientWriteError if others else RowsLocked
         outage = not others or any(getattr(f, "kind", RETRY) == OUTAGE for f in others)
-        raise error(
-            str((others or failures)[0]),
-            remaining,
-            total,
-            kind=OUTAGE if outage else RETRY,
-            remaining_extra=_together(extras),
-        )
+        kind = OUTAGE if outage else RETRY
+        message = str((others or failures)[0])
+        if len(failures) == len(parts):  # nothing committed: retried whole, split again
+            raise error(message, kind=kind)
+        raise error(message, remaining, total, kind=kind, remaining_extra=_together(extras))
 
     async def _write_one(
         self,
@@ -589,7 +587,8 @@ class Writer:
                 return
             pending = again
         raise TransientWriteError(
-            f"{len(pending)} rows kept racing with concurrent inserts", kind=RETRY
+            f"{len(pending)} rows kept racing with concurrent writers (inserted or changed)",
+            kind=RETRY,
         )
 
     async def _sqlite(self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult) -> None:
