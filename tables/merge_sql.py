@@ -272,8 +272,8 @@ class Dialect:
 
         PostgreSQL locks the rows one index probe at a time, in the chunk's key order
         (the writer sorts it), skipping rows another transaction holds; optimistic, it
-        reads them (and their ctid and xmin) without a lock. SQLite has a single writer and needs
-        no lock.
+        reads them (and their ctid and xmin) without a lock. SQLite has a single writer
+        and needs no lock.
         """
         row = ",\n               ".join(f"x.{c} AS row_{c}" for c in ROW_COLUMNS)
         if optimistic:

@@ -15,9 +15,9 @@ apart when the flush is large (parts of disjoint users, each with its share of `
   cover what is committed) a held row raises `RowsLocked` instead: the caller waits.
 - Flushes written the long way on PostgreSQL (not the one-statement form) read their
   rows without locking them and update each by its ctid and xmin (tables/merge_sql.py,
-  the optimistic form): a row changed meanwhile is re-run,
-  and a row another transaction holds ends the wait at `LOCK_TIMEOUT`; the flush is then
-  redone in the locking form (SKIP LOCKED), which stays in use for `CONTENDED_FOR`.
+  the optimistic form): a row changed meanwhile is re-run, and a row another transaction
+  holds ends the wait at `LOCK_TIMEOUT`; the flush is then redone in the locking form
+  (SKIP LOCKED), which stays in use for `CONTENDED_FOR`.
 - A transient failure (database down, deadlock) is raised as `TransientWriteError`; the
   caller keeps the batch and retries it. A dead letter the database cannot store as-is
   (NUL, invalid UTF-8) is stored escaped, so an isolating write always terminates.
