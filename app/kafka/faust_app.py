@@ -62,6 +62,23 @@ class PerRecordQuietMonitor(Monitor):
         return None
 
 
+class ChallengeApp(faust.App):
+    """faust.App creating each record's event without a settings lookup.
+
+    Faust reads `app.conf.Event` for every record it hands to a stream, through its
+    settings' attribute access (≈ 1.7 % of the worker's CPU in a profile); the class is
+    read once here.
+    """
+
+    _event_class: Any = None
+
+    def create_event(self, key: Any, value: Any, headers: Any, message: Any) -> Any:
+        event_class = self._event_class
+        if event_class is None:
+            event_class = self._event_class = self.conf.Event
+        return event_class(self, key, value, headers, message)
+
+
 class TablesDeclaredUpFront(TableManager):
     """Faust's table manager without its one-second nap at start.
 
@@ -104,7 +121,7 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     topics = Topics(namespace, settings.kafka_consumer_group)
     datadir = Path(tempfile.gettempdir()) / f"faust-{topics.group}-{namespace}"
     session = settings.kafka_session_timeout
-    app = faust.App(
+    app = ChallengeApp(
         topics.group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_list],
         autodiscover=False,
