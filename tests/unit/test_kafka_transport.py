@@ -157,3 +157,38 @@ async def test_a_fetch_waits_at_most_fetch_wait():
     c._thread = SimpleNamespace(getmany=getmany)
     await c._getmany({TP("t", 0)}, 1.0)
     assert seen == [FETCH_WAIT]
+
+
+def bare_app() -> Any:
+    """The worker's app class and transport, never started (no broker is contacted)."""
+    from app.kafka.faust_app import ChallengeApp
+    from app.kafka.transport import Transport
+
+    app = ChallengeApp(
+        "unit-app", broker="kafka://127.0.0.1:1", autodiscover=False, web_enabled=False
+    )
+    app.transport = Transport(app.conf.broker_consumer, app)
+    return app
+
+
+async def test_the_producer_buffer_counts_pending_messages_without_settings():
+    from app.kafka.transport import UnthreadedProducerBuffer
+
+    buffer = bare_app().producer.buffer
+    assert isinstance(buffer, UnthreadedProducerBuffer)
+    assert buffer.size == 0
+    for _ in range(3):
+        buffer.pending.put_nowait(object())
+    assert buffer.size == 3
+    await buffer.wait_until_ebb()  # under max_messages: returns without producing
+    assert buffer.size == 3
+
+
+async def test_a_record_event_is_of_the_configured_class_with_its_fields():
+    app = bare_app()
+    message = SimpleNamespace(key=b"k", value=b"v")
+    first = app.create_event(b"k", b"v", [], message)
+    second = app.create_event(b"k2", b"v2", [], message)
+    assert type(first) is app.conf.Event and type(second) is app.conf.Event
+    assert (first.key, first.value, first.message) == (b"k", b"v", message)
+    assert (second.key, second.value) == (b"k2", b"v2")
