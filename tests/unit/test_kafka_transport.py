@@ -1,5 +1,6 @@
 """The worker's record hand-over (app/kafka/transport.py): a delivery that completes at
-once skips Faust's race; one that waits is raced against flow suspension as before."""
+once skips Faust's race; one that waits is raced against flow suspension as before. Also
+the app's per-record shortcuts: the producer buffer's size and the record event class."""
 
 from __future__ import annotations
 
