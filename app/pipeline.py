@@ -1,45 +1,46 @@
 """The shared core every source feeds: namespace filter -> goal index -> dedup -> buffer.
 
-gRPC, replay files, the demo and the Kafka worker call `Pipeline.submit`, which returns
-the future of the flush that will hold the event (durable acks await it), or None when
-there is nothing to write. `running()` is the one start-up/shut-down sequence (migrate,
-engine, flusher; final flush, dispose) every mode uses, and `reload_config()` the one
-SIGHUP reload.
+Two ways in: `add` for one event (gRPC: a caller that may wait for its commit) and
+`add_batch` for many (Kafka, replays: never waits unless the buffer is full). Both
+return/hand back the generation holding the event, whose `done` future resolves once
+its flush has committed. `running()` is the one start-up/shut-down sequence (migrate,
+engine, flusher; final flush, dispose) the batch modes use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.challenges import ChallengeConfig, ConfigError, Goal, Source, load_config
+from app.core.challenges import ChallengeConfig, Goal, Source
 from app.core.dedup import DedupWindow
 from app.core.events import Event, EventType
 from app.core.settings import Settings
+from app.flush_report import report_flush
 from app.observability import metrics
-from tables.buffer import BufferFull, Flusher, Generation
 from tables.db import make_engine
+from tables.flusher import Flusher
+from tables.generation import Generation
 from tables.migrate import upgrade_async
-from tables.writer import Extra, Writer, WriteResult
+from tables.write_result import Extra, WriteResult
+from tables.writer import Writer
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
 # Label children looked up once (a `labels()` call per event costs a lock and a dict).
 _SKIPPED_NAMESPACE = metrics.SKIPPED.labels("namespace")
 _SKIPPED_NO_GOAL = metrics.SKIPPED.labels("no_goal")
 _SKIPPED_IGNORED = metrics.SKIPPED.labels("ignored_value")
-
 
 # In-memory dedup entries when the flushes also record event ids (gRPC, Kafka).
 _CLAIMED_WINDOW_ENTRIES = 50_000
@@ -64,19 +65,19 @@ class Pipeline:
         self.settings = settings
         self.config = config
         self.engine = engine
-        self.writer = Writer(
+        writer = Writer(
             engine,
             batch_size=settings.db_batch_size,
             assignment_mode=settings.assignment_mode,
             parallelism=max(1, min(4, settings.db_pool_size // 2)),
         )
         self.flusher = Flusher(
-            self.writer,
+            writer,
             interval=settings.flush_interval,
             max_size=settings.buffer_max_size,
             extra_for=extra_for,
             on_flush=self._flushed,
-            on_retry=self._retrying,
+            on_retry=lambda _exc, _attempt: metrics.FLUSH_RETRIES.inc(),
             event_id_window=settings.dedup_window if record_event_ids else None,
             commit_delay=settings.commit_delay,
             busy_commit_delay=settings.busy_commit_delay,
@@ -90,14 +91,13 @@ class Pipeline:
             settings.dedup_window,
             max_entries=_CLAIMED_WINDOW_ENTRIES if record_event_ids else 1_000_000,
         )
-        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        if not metrics.multiprocess():
             # Read at scrape time: nothing to do per event. (GRPC_WORKERS' multiprocess
             # mode cannot call back into a worker: there it is set per flush.)
             metrics.BUFFER_SIZE.set_function(lambda: self.flusher.pending)
         self.owns_engine = False
         # What happened to submitted events (for summaries; metrics hold the same counts).
         self.outcomes: Counter[str] = Counter()
-        self._unmeasured = 0  # events buffered by buffer_nowait since `measured`
 
     @classmethod
     def open(
@@ -136,10 +136,7 @@ class Pipeline:
                     committed = False
                     log.error(
                         "final flush gave up: not committed within the shutdown grace",
-                        extra={
-                            "pending": self.flusher.pending,
-                            "carried": self.flusher.carried,
-                        },
+                        extra={"pending": self.flusher.pending, "carried": self.flusher.carried},
                     )
                     self.flusher.abort()
         finally:
@@ -148,35 +145,18 @@ class Pipeline:
                     await asyncio.wait_for(self.engine.dispose(), 5.0 if committed else 0.5)
         return committed
 
-    async def submit(
-        self, event: Event, *, timeout: float | None = None
-    ) -> asyncio.Future[WriteResult] | None:
-        """Buffer one validated event; the returned future resolves once its flush is done.
-
-        Nothing is awaited after the event joins its generation, so a caller can attach
-        bookkeeping to `flusher.generation()` right after this returns (Kafka positions
-        and acks rely on it).
-        """
-        generation = await self.buffer(event, timeout=timeout)
-        return None if generation is None else generation.done
-
-    async def buffer(
+    async def add(
         self, event: Event, *, timeout: float | None = None, urgent: bool = False
     ) -> Generation | None:
         """Buffer one validated event; returns the generation holding it (None: nothing
-        to write). `urgent`: the caller waits for the commit (`flusher.committed`), so
+        to write), waiting for space while the buffer is full (BufferFull after
+        `timeout`). `urgent`: the caller waits for the commit (`flusher.committed`), so
         the flush starts at once when none is in flight."""
         started = time.perf_counter()
-        goals = self._goals(event)
-        if goals is None:
-            return None
-        if event.event_id:
-            earlier = self.dedup.get(event.event_id)
-            if earlier is not None:
-                metrics.DUPLICATES.inc()
-                self.outcomes["duplicate"] += 1
-                return earlier  # the original's generation: wait for its commit
-        generation, moved = await self.flusher.add(event, goals, timeout=timeout, urgent=urgent)
+        admitted = self._admit(event)
+        if not isinstance(admitted, tuple):
+            return admitted
+        generation, moved = await self.flusher.add(event, admitted, timeout=timeout, urgent=urgent)
         self._added(event, generation, moved)
         metrics.PROCESSED.inc()  # the buffer_size gauge is set per flush, not per event
         metrics.PROCESSING.observe(time.perf_counter() - started)
@@ -193,49 +173,43 @@ class Pipeline:
             )
         return generation
 
-    def buffer_nowait(self, event: Event) -> Generation | None:
-        """The batch form of `buffer` (Kafka, replay): never waits, returns what `buffer`
-        returns. Raises `BufferFull` when the buffer is full — nothing was counted; the
-        caller awaits `buffer` for this event instead. Metrics are per batch (`measured`).
-        """
-        goals = self._goals(event)
-        if goals is None:
-            return None
-        if event.event_id:
-            earlier = self.dedup.get(event.event_id)
-            if earlier is not None:
-                metrics.DUPLICATES.inc()
-                self.outcomes["duplicate"] += 1
-                return earlier
-        added = self.flusher.try_add(event, goals)
-        if added is None:
-            raise BufferFull("buffer full")
-        generation, moved = added
-        self._added(event, generation, moved)
-        self._unmeasured += 1
-        return generation
+    async def add_batch(
+        self,
+        items: Iterable[T],
+        event_of: Callable[[T], Event | None],
+        on_added: Callable[[T, Generation | None], None] | None = None,
+    ) -> None:
+        """Buffer each item's event in order (`event_of`: None passes the item by).
 
-    async def buffer_batched(self, event: Event) -> bool:
-        """`buffer_nowait`, or, when the buffer is full, `buffer` (waits for space; the
-        event then joins a new generation). True when it had to wait: a caller that
-        attaches bookkeeping to the current generation takes it afresh then."""
-        try:
-            self.buffer_nowait(event)
-        except BufferFull:
-            await self.buffer(event)
-            return True
-        return False
+        `on_added(item, generation)` runs right after the item's event joined its
+        generation (None: nothing buffered), before anything is awaited, so per-item
+        bookkeeping (Kafka positions and acks) joins the generation holding the event.
+        Waits only while the buffer is full; the event then joins a new generation.
+        Metrics are per batch."""
+        started = time.perf_counter()
+        buffered = 0
+        flusher = self.flusher
+        for item in items:
+            event = event_of(item)
+            generation: Generation | None = None
+            if event is not None:
+                admitted = self._admit(event)
+                if isinstance(admitted, tuple):
+                    added = flusher.try_add(event, admitted) or await flusher.add(event, admitted)
+                    generation = added[0]
+                    self._added(event, generation, added[1])
+                    buffered += 1
+                else:
+                    generation = admitted
+            if on_added is not None:
+                on_added(item, generation)
+        if buffered:
+            metrics.PROCESSED.inc(buffered)
+            metrics.PROCESSING.observe((time.perf_counter() - started) / buffered)
 
-    def measured(self, seconds: float) -> None:
-        """Metrics of a batch that went through `buffer_nowait`: the events it buffered,
-        and one processing-time sample (the batch's mean per event)."""
-        events, self._unmeasured = self._unmeasured, 0
-        if events:
-            metrics.PROCESSED.inc(events)
-            metrics.PROCESSING.observe(seconds / events)
-
-    def _goals(self, event: Event) -> tuple[Goal, ...] | None:
-        """The goals the event moves; None (counted) when there is nothing to write."""
+    def _admit(self, event: Event) -> tuple[Goal, ...] | Generation | None:
+        """The goals the event moves; the generation of an earlier copy (a duplicate:
+        wait for its commit); None (counted) when there is nothing to write."""
         namespace = self.settings.namespace
         if namespace and event.namespace != namespace:
             _SKIPPED_NAMESPACE.inc()
@@ -246,6 +220,12 @@ class Pipeline:
             _SKIPPED_NO_GOAL.inc()
             self.outcomes["no_goal"] += 1
             return None
+        if event.event_id:
+            earlier = self.dedup.get(event.event_id)
+            if earlier is not None:
+                metrics.DUPLICATES.inc()
+                self.outcomes["duplicate"] += 1
+                return earlier
         return goals
 
     def _added(self, event: Event, generation: Generation, moved: int) -> None:
@@ -258,45 +238,7 @@ class Pipeline:
             self.outcomes["applied"] += 1
 
     def _flushed(self, generation: Generation, result: WriteResult, elapsed: float) -> None:
-        metrics.FLUSH_DURATION.observe(elapsed)
-        metrics.DB_BATCH_SIZE.observe(result.rows)
-        metrics.DB_ROUND_TRIPS.inc(result.round_trips)
-        metrics.BUFFER_SIZE.set(self.flusher.pending)
-        if result.duplicates:
-            metrics.DUPLICATES.inc(result.duplicates)
-        if result.missing:
-            metrics.DROPPED_ROWS.labels("no_row").inc(result.missing)
-        if result.skipped:
-            metrics.DROPPED_ROWS.labels("guarded").inc(result.skipped)
-        if result.carried:
-            metrics.ROWS_CARRIED.inc(len(result.carried))
-        for _delta, reason in result.poisoned:
-            metrics.FAILED.labels("poison_row").inc()
-            metrics.DEAD_LETTERED.labels("database", "poison_row").inc()
-            log.error("row dead-lettered", extra={"reason": reason[:300]})
-        if result.dead_letters_lost:
-            metrics.FAILED.labels("dead_letter_failed").inc(result.dead_letters_lost)
-        if result.abandoned:
-            metrics.FAILED.labels("flush_abandoned").inc(result.abandoned)
-        log.info(
-            "flush committed",
-            extra={
-                "rows": result.rows,
-                "events": generation.events,
-                "inserted": result.inserted,
-                "updated": result.updated,
-                "skipped": result.skipped,
-                "missing": result.missing,
-                "duplicates": result.duplicates,
-                "poisoned": len(result.poisoned),
-                "carried": len(result.carried),
-                "statements": result.statements,
-                "duration_ms": round(elapsed * 1000, 2),
-            },
-        )
-
-    def _retrying(self, exc: BaseException, attempt: int) -> None:
-        metrics.FLUSH_RETRIES.inc()
+        report_flush(generation, result, elapsed, self.flusher.pending)
 
 
 @asynccontextmanager
@@ -319,44 +261,3 @@ async def running(
         yield pipeline
     finally:
         await pipeline.close()
-
-
-# Young-generation collections every this many allocations (Python: 700).
-YOUNG_COLLECTION_EVERY = 50_000
-
-
-def settle_heap() -> None:
-    """Tune the garbage collector once start-up is done (serve, worker).
-
-    What start-up built (modules, protos, config) lives as long as the process: frozen,
-    a full collection never walks it again (measured in serve: 60-110 ms pauses of the
-    event loop without this). And the traffic's own objects are mostly long-lived too —
-    a generation's deltas and events until its flush commits, the dedup window, Kafka
-    records until acked: with the default 700-allocation threshold the collector
-    re-walked them so often that it took ~20 % of a Kafka worker's CPU (issue 11: one
-    worker 9,805 -> 12,037 events/s with young collections every 50,000 allocations).
-    Nothing here relies on prompt cycle collection (no __del__, bounded buffers)."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_EVERY, middle, old)
-
-
-def reload_config(path: Path, apply: Callable[[ChallengeConfig], None]) -> bool:
-    """SIGHUP: validate the file first; keep the running config when it is unusable."""
-    try:
-        config = load_config(path)
-    except Exception as exc:  # load_config maps every unusable file to ConfigError; the
-        # catch-all keeps a signal handler from ever raising into the event loop
-        problems = (
-            exc.problems if isinstance(exc, ConfigError) else [f"{type(exc).__name__}: {exc}"]
-        )
-        for problem in problems:
-            log.error("config reload refused", extra={"problem": problem, "path": str(path)})
-        return False
-    apply(config)
-    log.info(
-        "config reloaded",
-        extra={"path": str(path), "challenges": len(config.challenges), "goals": len(config.goals)},
-    )
-    return True

@@ -4,6 +4,7 @@ the JSON-lines file replay (README command 1 runs it on the embedded default).""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 from collections import Counter
@@ -13,8 +14,9 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-from app.core.events import InvalidEvent, decode_json_event
+from app.core.events import Event, InvalidEvent, decode_json_event
 from app.pipeline import Pipeline
+from tables.generation import Generation
 
 SKIP_OUTCOMES = ("no_goal", "other_namespace", "ignored_value", "stale")
 
@@ -61,29 +63,37 @@ def progress_bar() -> Progress:
     )
 
 
+# Lines read and handed to the pipeline at a time.
+LINES_PER_BATCH = 1000
+
+
 async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
     summary = ReplaySummary()
     started = time.perf_counter()
     pending: set[asyncio.Future[Any]] = set()
+
+    def event_of(numbered: tuple[int, bytes]) -> Event | None:
+        number, line = numbered
+        summary.lines += 1
+        try:
+            return decode_json_event(line)
+        except InvalidEvent as exc:
+            summary.refused(exc.reason, f"line {number}", exc.message)
+            return None
+
+    def on_added(_numbered: tuple[int, bytes], generation: Generation | None) -> None:
+        if generation is not None and not generation.done.done():
+            pending.add(generation.done)
+
     # A local file read line by line: the event loop only runs our own flusher meanwhile.
     size = path.stat().st_size  # noqa: ASYNC240
     with progress_bar() as bar, path.open("rb") as handle:
         task = bar.add_task(path.name, total=max(size, 1), events=0)
-        for number, line in enumerate(handle, 1):
-            bar.update(task, advance=len(line), events=summary.lines)
-            if not line.strip():
-                continue
-            summary.lines += 1
-            try:
-                event = decode_json_event(line)
-            except InvalidEvent as exc:
-                summary.refused(exc.reason, f"line {number}", exc.message)
-                continue
-            future = await pipeline.submit(event)
-            if future is not None and not future.done():
-                pending.add(future)
-            if len(pending) > 64:
-                pending = {f for f in pending if not f.done()}
+        numbered = ((n, line) for n, line in enumerate(handle, 1) if line.strip())
+        while batch := list(itertools.islice(numbered, LINES_PER_BATCH)):
+            await pipeline.add_batch(batch, event_of, on_added)
+            bar.update(task, completed=handle.tell(), events=summary.lines)
+            pending = {f for f in pending if not f.done()}
         await pipeline.flusher.flush_now()
         if pending:
             await asyncio.gather(*pending)

@@ -37,8 +37,8 @@ from app.core.events import Event, EventType
 from app.core.progress import fold
 from app.core.settings import Settings, async_database_url
 from app.pipeline import Pipeline, source_of
-from tables.buffer import Flusher
 from tables.db import driver_fetch, make_engine, positional
+from tables.flusher import Flusher
 from tables.merge_sql import build_statements, postgres_params
 from tables.migrate import upgrade_async
 from tables.writer import Writer
@@ -192,8 +192,8 @@ async def throughput(settings: Settings, config, engine, events: list[Event]) ->
     started = time.perf_counter()
     last = None
     for event in events:
-        future = await pipeline.submit(event)
-        last = future or last
+        generation = await pipeline.add(event)
+        last = generation.done if generation is not None else last
     await pipeline.flusher.flush_now()
     if last is not None:
         await last

@@ -69,7 +69,8 @@ from app.core.settings import Settings, async_database_url
 from app.kafka.admin import ensure_topics
 from app.kafka.replay import replay_range
 from app.kafka.topics import Topics
-from app.pipeline import settle_heap, source_of
+from app.lifecycle import settle_heap
+from app.pipeline import source_of
 from tables.db import make_engine
 from tables.migrate import upgrade_async
 

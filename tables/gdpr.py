@@ -36,7 +36,7 @@ from sqlalchemy import Delete, delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.observability.metrics import PREFIX
-from tables.buffer import Flusher
+from tables.flusher import Flusher
 from tables.schema import challenge_daily_marks, challenge_dead_letters, user_goal_progress
 
 log = logging.getLogger(__name__)

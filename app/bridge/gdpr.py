@@ -13,19 +13,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
 
 from app.bridge import wire
+from app.core.deletions import Deletion
 from app.core.events import InvalidEvent, validate_identity
 from app.core.settings import Settings
 from app.observability import metrics
 from proto.build import load as load_protos
-from tables.buffer import Flusher
 from tables.db import is_transient
+from tables.flusher import Flusher
 from tables.gdpr import BarrierTimeout, count_invalid, count_skipped, erase_user
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,8 @@ EMPTY = empty_pb2.Empty()
 SOURCE = "grpc"
 
 
-@dataclass(frozen=True, slots=True)
-class Deletion:
-    user_id: str
-    namespace: str
-
-
 def decode_deletion(data: bytes) -> Deletion:
-    """Request bytes -> Deletion, validated in SPEC §2 order: malformed bytes, nil
+    """Request bytes -> Deletion, validated in the order of docs/contract.md §2: malformed bytes, nil
     message, empty user id, then the id's length and content."""
     message = wire.parse(protos.gdpr_pb2.GdprRequestDataDeletionResponse, data)
     if message.ByteSize() == 0:

@@ -35,11 +35,13 @@ from app.core.challenges import ChallengeConfig
 from app.core.clock import now_utc
 from app.core.events import Event, InvalidEvent
 from app.core.settings import Settings
+from app.lifecycle import reload_config, settle_heap
 from app.observability import metrics
-from app.pipeline import Pipeline, reload_config, settle_heap
-from tables.buffer import ABORTED, COMMITTED, BufferFull, Closed
+from app.pipeline import Pipeline
+from tables.accumulator import BufferFull, Closed
 from tables.db import make_engine
 from tables.migrate import upgrade_async, wait_for_progress_table
+from tables.waiters import Ack
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ class EventHandler:
             return grpc.StatusCode.INVALID_ARGUMENT, exc.message
         durable = self.durable
         try:
-            generation = await self.pipeline.buffer(event, timeout=self.buffer_wait, urgent=durable)
+            generation = await self.pipeline.add(event, timeout=self.buffer_wait, urgent=durable)
         except BufferFull:
             metrics.FAILED.labels("buffer_full").inc()
             return grpc.StatusCode.UNAVAILABLE, "buffer full: database not keeping up, retry"
@@ -152,9 +154,9 @@ class EventHandler:
         # Waits for this user's rows only: a row another transaction holds delays its
         # own user's calls, never the others of the same flush.
         state = await self.flusher.committed(generation, event.user_id, self.ack_timeout)
-        if state == COMMITTED:
+        if state == Ack.COMMITTED:
             return OK, ""
-        if state == ABORTED:
+        if state == Ack.ABORTED:
             metrics.FAILED.labels("not_committed").inc()
             return grpc.StatusCode.UNAVAILABLE, "not committed (server shutting down), retry"
         metrics.FAILED.labels("ack_timeout").inc()

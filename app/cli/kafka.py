@@ -25,9 +25,9 @@ from app.core.settings import Settings
 from app.kafka.admin import ensure_event_topics
 from app.kafka.produce import produce_file
 from app.kafka.topics import Topics
+from app.lifecycle import reload_config, settle_heap
 from app.observability.logs import setup_logging
 from app.observability.metrics import serve_metrics
-from app.pipeline import reload_config, settle_heap
 from tables.db import is_transient
 from tables.migrate import upgrade
 

@@ -13,8 +13,9 @@ from app.core.challenges import load_config
 from app.core.clock import utc_naive
 from app.core.settings import Settings, SettingsError
 from app.kafka.replay import replay_range
+from app.lifecycle import settle_heap
 from app.observability.logs import setup_logging
-from app.pipeline import running, settle_heap
+from app.pipeline import running
 from app.replay import ReplaySummary, replay_file
 
 

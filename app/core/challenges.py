@@ -226,6 +226,72 @@ def _read_reward(r: _Reader, where: str, raw: Any) -> Reward | None:
     return Reward(rtype, reward_id, quantity or 0)
 
 
+def _read_source(
+    r: _Reader, where: str, raw: dict[str, Any], requirement: dict[str, Any]
+) -> tuple[Source, str]:
+    """(event source, stat code): `statistic:<code>` (legacy) or `statistic` + statCode."""
+    source_raw = r.text(raw, "eventsource")
+    source_name, _, stat_code = source_raw.partition(":")
+    stat_code = stat_code.strip() or r.text(requirement, "statcode") or r.text(raw, "statcode")
+    try:
+        source = Source(source_name.strip().lower())
+    except ValueError:
+        r.fail(where, f'event source must be "login" or "statistic", got "{source_raw}"')
+        source = Source.LOGIN
+    if source is Source.STATISTIC and not stat_code:
+        r.fail(where, "statistic event source needs a statCode")
+    return source, "" if source is Source.LOGIN else stat_code
+
+
+def _read_target(r: _Reader, where: str, raw: dict[str, Any], requirement: dict[str, Any]) -> int:
+    candidates = (
+        requirement.get("targetvalue"),
+        requirement.get("target"),
+        raw.get("targetvalue"),
+        raw.get("target"),
+    )
+    target_raw = next((v for v in candidates if v is not None), None)
+    target = 0
+    if target_raw is None:
+        r.fail(where, "target must be > 0 (missing)")
+    else:
+        target = r.number(where, target_raw, "target") or 0
+        if target <= 0:
+            r.fail(where, f"target must be > 0, got {target_raw!r}")
+    operator = r.text(requirement, "operator") or ">="
+    if operator != ">=":
+        r.fail(where, f'operator must be ">=", got "{operator}"')
+    return min(target, 2_147_483_647)
+
+
+def _read_kind(r: _Reader, where: str, raw: dict[str, Any]) -> tuple[Kind, bool]:
+    """(kind, daily flag): `daily: true` only with increment goals."""
+    kind_raw = (r.text(raw, "type") or "absolute").lower()
+    try:
+        kind = Kind(kind_raw)
+    except ValueError:
+        r.fail(where, f'type must be absolute, increment or daily, got "{kind_raw}"')
+        kind = Kind.ABSOLUTE
+    daily = r.flag(where, raw, "daily")
+    if daily and kind is not Kind.INCREMENT:
+        r.fail(where, f'daily: true is only allowed with type "increment", not "{kind}"')
+    return kind, daily and kind is Kind.INCREMENT
+
+
+def _read_relative(
+    r: _Reader, where: str, raw: dict[str, Any], requirement: dict[str, Any], rotation_on: bool
+) -> bool:
+    mode = (
+        r.text(requirement, "progressmode") or r.text(raw, "progressmode") or "absolute"
+    ).lower()
+    if mode not in ("absolute", "relative"):
+        r.fail(where, f'progressMode must be "absolute" or "relative", got "{mode}"')
+    relative = mode == "relative"
+    if rotation_on and not relative:
+        r.fail(where, 'an enabled rotation needs progressMode "relative"')
+    return relative
+
+
 def _read_goal(
     r: _Reader, challenge_id: str, raw: Any, rotation: Rotation | None, rotation_on: bool
 ) -> Goal | None:
@@ -239,64 +305,10 @@ def _read_goal(
     if not isinstance(requirement, dict):
         r.fail(where, "requirement must be an object")
         requirement = {}
-
-    source_raw = r.text(raw, "eventsource")
-    source_name, _, stat_code = source_raw.partition(":")
-    stat_code = stat_code.strip() or r.text(requirement, "statcode") or r.text(raw, "statcode")
-    try:
-        source = Source(source_name.strip().lower())
-    except ValueError:
-        r.fail(where, f'event source must be "login" or "statistic", got "{source_raw}"')
-        source = Source.LOGIN
-    if source is Source.STATISTIC and not stat_code:
-        r.fail(where, "statistic event source needs a statCode")
-    if source is Source.LOGIN:
-        stat_code = ""
-
-    target_raw = next(
-        (
-            v
-            for v in (
-                requirement.get("targetvalue"),
-                requirement.get("target"),
-                raw.get("targetvalue"),
-                raw.get("target"),
-            )
-            if v is not None
-        ),
-        None,
-    )
-    target = 0
-    if target_raw is None:
-        r.fail(where, "target must be > 0 (missing)")
-    else:
-        target = r.number(where, target_raw, "target") or 0
-        if target <= 0:
-            r.fail(where, f"target must be > 0, got {target_raw!r}")
-
-    operator = r.text(requirement, "operator") or ">="
-    if operator != ">=":
-        r.fail(where, f'operator must be ">=", got "{operator}"')
-
-    kind_raw = (r.text(raw, "type") or "absolute").lower()
-    try:
-        kind = Kind(kind_raw)
-    except ValueError:
-        r.fail(where, f'type must be absolute, increment or daily, got "{kind_raw}"')
-        kind = Kind.ABSOLUTE
-    daily = r.flag(where, raw, "daily")
-    if daily and kind is not Kind.INCREMENT:
-        r.fail(where, f'daily: true is only allowed with type "increment", not "{kind}"')
-
-    mode = (
-        r.text(requirement, "progressmode") or r.text(raw, "progressmode") or "absolute"
-    ).lower()
-    if mode not in ("absolute", "relative"):
-        r.fail(where, f'progressMode must be "absolute" or "relative", got "{mode}"')
-    relative = mode == "relative"
-    if rotation_on and not relative:
-        r.fail(where, 'an enabled rotation needs progressMode "relative"')
-
+    source, stat_code = _read_source(r, where, raw, requirement)
+    target = _read_target(r, where, raw, requirement)
+    kind, daily = _read_kind(r, where, raw)
+    relative = _read_relative(r, where, raw, requirement, rotation_on)
     prerequisites = raw.get("prerequisites") or []
     if not isinstance(prerequisites, list):
         r.fail(where, "prerequisites must be a list of goal ids")
@@ -307,9 +319,9 @@ def _read_goal(
         name=r.text(raw, "name") or goal_id,
         source=source,
         stat_code=stat_code,
-        target=min(target, 2_147_483_647),
+        target=target,
         kind=kind,
-        daily=daily and kind is Kind.INCREMENT,
+        daily=daily,
         relative=relative,
         rotation=rotation if relative else None,
         description=r.text(raw, "description"),

@@ -73,15 +73,13 @@ class Settings:
     )  # fmt: skip
     challenges_json: str = setting(
         "CHALLENGES_JSON", "", text,
-        "the challenge config itself (JSON or base64 of it); wins over CONFIG_PATH",
-        secret=True,
+        "the challenge config itself (JSON or base64 of it); wins over CONFIG_PATH", secret=True,
     )  # fmt: skip
     # ---- database
     database_url: str = setting(
         "DATABASE_URL", "", optional_database_url,
         "`postgresql://user:pass@host:5432/db` or `sqlite:///path`; the async driver is "
-        "picked by the app",
-        group="database", secret=True,
+        "picked by the app", group="database", secret=True,
     )  # fmt: skip
     db_host: str = setting(
         "DB_HOST", "localhost", text, "used when DATABASE_URL is unset", group="database"
@@ -104,14 +102,12 @@ class Settings:
     assignment_mode: str = setting(
         "ASSIGNMENT_MODE", "auto", choice("auto", "required"),
         "`required`: only update rows the challenge backend created; never create "
-        "user_goal_progress",
-        group="database",
+        "user_goal_progress", group="database",
     )  # fmt: skip
     # ---- buffering and delivery
     flush_interval: float = setting(
         "BUFFER_FLUSH_INTERVAL", "1s", parse_duration,
-        "how long buffered gRPC acks, Kafka and replay updates may sit unwritten",
-        group="buffer",
+        "how long buffered gRPC acks, Kafka and replay updates may sit unwritten", group="buffer",
     )  # fmt: skip
     commit_delay: float = setting(
         "BUFFER_COMMIT_DELAY", "5ms", duration_or_zero,
@@ -125,39 +121,32 @@ class Settings:
     )  # fmt: skip
     commit_siblings: int = setting(
         "BUFFER_COMMIT_SIBLINGS", "32", positive_int,
-        "calls in flight from which the busy commit delay applies",
-        group="buffer",
+        "calls in flight from which the busy commit delay applies", group="buffer",
     )  # fmt: skip
     buffer_max_size: int = setting(
         "BUFFER_MAX_SIZE", "10000", positive_int,
-        "pending (user, goal) entries before an early flush, then backpressure",
-        group="buffer",
+        "pending (user, goal) entries before an early flush, then backpressure", group="buffer",
     )  # fmt: skip
     ack_mode: str = setting(
         "ACK_MODE", "durable", choice("durable", "buffered"),
-        "`durable`: gRPC answers after the commit; `buffered`: once buffered",
-        group="buffer",
+        "`durable`: gRPC answers after the commit; `buffered`: once buffered", group="buffer",
     )  # fmt: skip
     dedup_window: float = setting(
         "DEDUP_WINDOW", "10m", parse_duration,
-        "gRPC: a redelivered event id inside the window is applied once",
-        group="buffer",
+        "gRPC: a redelivered event id inside the window is applied once", group="buffer",
     )  # fmt: skip
     # ---- event times and erasures
     event_time_min: datetime = setting(
         "EVENT_TIME_MIN", "2000-01-01T00:00:00Z", timestamp,
-        "an event time before this is not real: the next time source is used",
-        group="events",
+        "an event time before this is not real: the next time source is used", group="events",
     )  # fmt: skip
     event_time_max_skew: float = setting(
         "EVENT_TIME_MAX_SKEW", "5m", parse_duration,
-        "an event time later than receipt plus this is not real either",
-        group="events",
+        "an event time later than receipt plus this is not real either", group="events",
     )  # fmt: skip
     erasure_retention: float = setting(
         "ERASURE_RETENTION", "400d", parse_duration,
-        "how long a GDPR erasure tombstone keeps the user's later events out",
-        group="events",
+        "how long a GDPR erasure tombstone keeps the user's later events out", group="events",
     )  # fmt: skip
     # ---- ports, logs, tracing
     grpc_port: int = setting("GRPC_PORT", "6565", port, "gRPC port of `serve`", group="ops")
@@ -177,68 +166,56 @@ class Settings:
     )  # fmt: skip
     otel_service_name: str = setting(
         "OTEL_SERVICE_NAME", "challenge-event-handler", text,
-        "service name on exported spans",
-        group="ops",
+        "service name on exported spans", group="ops",
     )  # fmt: skip
     # ---- gRPC bridge
     grpc_ack_timeout: float = setting(
         "GRPC_ACK_TIMEOUT", "10s", parse_duration,
-        "durable: longest wait for the caller's rows to commit, then UNAVAILABLE",
-        group="grpc",
+        "durable: longest wait for the caller's rows to commit, then UNAVAILABLE", group="grpc",
     )  # fmt: skip
     grpc_buffer_wait: float = setting(
         "GRPC_BUFFER_WAIT", "5s", parse_duration,
-        "longest wait for buffer space, then UNAVAILABLE",
-        group="grpc",
+        "longest wait for buffer space, then UNAVAILABLE", group="grpc",
     )  # fmt: skip
     grpc_max_concurrent_rpcs: int = setting(
         "GRPC_MAX_CONCURRENT_RPCS", "2000", positive_int,
-        "calls in flight past this are answered RESOURCE_EXHAUSTED at once",
-        group="grpc",
+        "calls in flight past this are answered RESOURCE_EXHAUSTED at once", group="grpc",
     )  # fmt: skip
     grpc_shutdown_grace: float = setting(
         "GRPC_SHUTDOWN_GRACE", "15s", parse_duration,
-        "SIGTERM: in-flight calls and the final flush must finish within it",
-        group="grpc",
+        "SIGTERM: in-flight calls and the final flush must finish within it", group="grpc",
     )  # fmt: skip
     health_check_interval: float = setting(
         "HEALTH_CHECK_INTERVAL", "1s", parse_duration,
-        "database probe interval of the health status",
-        group="grpc",
+        "database probe interval of the health status", group="grpc",
     )  # fmt: skip
     grpc_workers: int = setting(
         "GRPC_WORKERS", "1", positive_int,
-        "server processes sharing the port under a supervisor",
-        group="grpc",
+        "server processes sharing the port under a supervisor", group="grpc",
     )  # fmt: skip
     grpc_supervised: bool = setting(
         SUPERVISED_ENV, "", flag,
-        "internal: set by the GRPC_WORKERS supervisor on its worker processes",
-        group="internal",
+        "internal: set by the GRPC_WORKERS supervisor on its worker processes", group="internal",
     )  # fmt: skip
     # ---- Kafka worker
     kafka_bootstrap_servers: str = setting(
         "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", text,
-        "comma list of brokers",
-        group="kafka",
+        "comma list of brokers", group="kafka",
     )  # fmt: skip
     kafka_consumer_group: str = setting(
         "KAFKA_CONSUMER_GROUP", "challenge-event-handler", text, "consumer group", group="kafka"
     )
     kafka_repartition_partitions: int = setting(
         "KAFKA_REPARTITION_PARTITIONS", "8", positive_int,
-        "partitions of the repartition topic (records not keyed by user id)",
-        group="kafka",
+        "partitions of the repartition topic (records not keyed by user id)", group="kafka",
     )  # fmt: skip
     kafka_session_timeout: float = setting(
         "KAFKA_SESSION_TIMEOUT", "10s", parse_duration,
-        "a killed worker's partitions move after this long",
-        group="kafka",
+        "a killed worker's partitions move after this long", group="kafka",
     )  # fmt: skip
     kafka_group_instance_id: str = setting(
         "KAFKA_GROUP_INSTANCE_ID", "", kafka_name,
-        "static group membership id (one per worker, e.g. the pod name)",
-        group="kafka",
+        "static group membership id (one per worker, e.g. the pod name)", group="kafka",
     )  # fmt: skip
     kafka_source_partitions: int = setting(
         "KAFKA_SOURCE_PARTITIONS", "4", positive_int,
@@ -246,49 +223,40 @@ class Settings:
         group="kafka",
     )  # fmt: skip
     kafka_batch_size: int = setting(
-        "KAFKA_BATCH_SIZE", "1000", positive_int, "records an agent takes at a time",
-        group="kafka",
+        "KAFKA_BATCH_SIZE", "1000", positive_int, "records an agent takes at a time", group="kafka",
     )  # fmt: skip
     kafka_batch_wait: float = setting(
-        "KAFKA_BATCH_WAIT", "50ms", parse_duration, "longest wait to fill a batch",
-        group="kafka",
+        "KAFKA_BATCH_WAIT", "50ms", parse_duration, "longest wait to fill a batch", group="kafka",
     )  # fmt: skip
     # ---- goal-completed events
     completion_sinks: tuple[str, ...] = setting(
         "COMPLETION_SINKS", "", choices_list(*COMPLETION_SINKS),
         "where goal-completed events go: comma list of async-messaging, kafka, log "
-        "(unset: none)",
-        group="completions",
+        "(unset: none)", group="completions",
     )  # fmt: skip
     async_messaging_host: str = setting(
         "ASYNC_MESSAGING_PUBLISHER_GRPC_HOST", "localhost", text,
-        "Extend Async Messaging publisher sidecar host",
-        group="completions",
+        "Extend Async Messaging publisher sidecar host", group="completions",
     )  # fmt: skip
     async_messaging_port: int = setting(
         "ASYNC_MESSAGING_PUBLISHER_GRPC_PORT", "7474", port,
-        "... and its gRPC port",
-        group="completions",
+        "... and its gRPC port", group="completions",
     )  # fmt: skip
     completion_topic: str = setting(
         "COMPLETION_TOPIC", "goalCompleted", text,
-        "Async Messaging topic of goal-completed events",
-        group="completions",
+        "Async Messaging topic of goal-completed events", group="completions",
     )  # fmt: skip
     completion_kafka_topic: str = setting(
         "COMPLETION_KAFKA_TOPIC", "{AB_NAMESPACE}.challenge.v1.goalCompleted", text,
-        "Kafka topic of goal-completed events (`{AB_NAMESPACE}` is replaced)",
-        group="completions",
+        "Kafka topic of goal-completed events (`{AB_NAMESPACE}` is replaced)", group="completions",
     )  # fmt: skip
     completion_batch_size: int = setting(
         "COMPLETION_BATCH_SIZE", "100", positive_int,
-        "completions a publisher reads and sends at a time",
-        group="completions",
+        "completions a publisher reads and sends at a time", group="completions",
     )  # fmt: skip
     completion_poll_interval: float = setting(
         "COMPLETION_POLL_INTERVAL", "500ms", parse_duration,
-        "how often an idle publisher looks for new completions",
-        group="completions",
+        "how often an idle publisher looks for new completions", group="completions",
     )  # fmt: skip
     # Derived, not a variable of its own: no database settings at all, so the embedded
     # SQLite file (fine for `demo`, `replay FILE`, `progress`; refused by the services).

@@ -71,28 +71,16 @@ async def replay_range(
             active = {tp for tp in partitions if start[tp] < end[tp]}
             for tp in partitions:
                 consumer.seek(tp, min(start[tp], end[tp]))
-            count = 0
+
+            def event_of(record: ConsumerRecord[bytes, bytes]) -> Event | None:
+                return _event(latest, summary, record, event_type)
+
             while active:
                 batches = await consumer.getmany(*active, timeout_ms=1000, max_records=5000)
-                started_batch = time.perf_counter()
-                for tp, records in batches.items():
-                    for record in records:
-                        if tp not in active:
-                            break
-                        if record.offset >= end[tp] or (
-                            stop_ms is not None and record.timestamp >= stop_ms
-                        ):
-                            active.discard(tp)
-                            break
-                        event = _event(latest, summary, record, event_type)
-                        if event is not None:
-                            await pipeline.buffer_batched(event)  # waits when full
-                        if record.offset + 1 >= end[tp]:
-                            active.discard(tp)
-                        count += 1
-                        if count % 128 == 0:
-                            await asyncio.sleep(0)  # the flush in flight goes on meanwhile
-                pipeline.measured(time.perf_counter() - started_batch)
+                records = _in_range(batches, active, end, stop_ms)
+                for first in range(0, len(records), SLICE):
+                    await pipeline.add_batch(records[first : first + SLICE], event_of)
+                    await asyncio.sleep(0)  # the flush in flight goes on meanwhile
             await pipeline.flusher.flush_now()
         finally:
             await consumer.stop()
@@ -110,6 +98,32 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return ids
         await asyncio.sleep(0.2)
     raise SettingsError(f"--topic: topic {topic!r} not found")
+
+
+# Records handed to the pipeline between two yields to the event loop.
+SLICE = 128
+
+
+def _in_range(
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    active: set[TopicPartition],
+    end: dict[TopicPartition, int],
+    stop_ms: int | None,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The fetched records inside the replayed range; a partition that reached its end
+    (or the stop time) leaves `active`."""
+    records = []
+    for tp, fetched in batches.items():
+        for record in fetched:
+            if tp not in active:
+                break
+            if record.offset >= end[tp] or (stop_ms is not None and record.timestamp >= stop_ms):
+                active.discard(tp)
+                break
+            records.append(record)
+            if record.offset + 1 >= end[tp]:
+                active.discard(tp)
+    return records
 
 
 def _event(

@@ -19,7 +19,6 @@ user (a user with records in two of them) go in one part.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +32,12 @@ from app.core.events import Event
 from app.core.latest import LatestValues
 from app.core.progress import Delta
 from app.kafka import metrics as kafka_metrics
-from app.kafka.codec import decode
+from app.kafka.codec import Forwarded, decode
 from app.pipeline import Pipeline
 from tables import positions as pos
-from tables.buffer import Generation
 from tables.db import is_transient
-from tables.writer import Extra
+from tables.generation import Generation
+from tables.write_result import Extra
 
 # Where a generation's events came from: ("d", n) the source partitions numbered n of
 # every source topic (applied directly: AGS keys by user id, so a user's records of both
@@ -46,6 +45,29 @@ from tables.writer import Extra
 Node = tuple[str, int]
 Users = dict[str, Node]
 Links = set[tuple[Node, Node]]
+Record = faust.EventT[bytes]
+
+
+@dataclass(slots=True)
+class KafkaNotes:
+    """What a generation notes about its records (`Generation.notes`): the records to
+    ack once its flush has committed, and where its users' events came from."""
+
+    acks: list[Record] = field(default_factory=list)
+    users: Users = field(default_factory=dict)
+    links: Links = field(default_factory=set)
+
+    def user_from(self, user_id: str, node: Node) -> None:
+        seen = self.users.setdefault(user_id, node)
+        if seen != node:
+            self.links.add((seen, node))
+
+
+def notes_of(generation: Generation) -> KafkaNotes:
+    notes = generation.notes
+    if not isinstance(notes, KafkaNotes):
+        notes = generation.notes = KafkaNotes()
+    return notes
 
 
 @dataclass
@@ -138,8 +160,9 @@ class PositionBook:
 
     def extra_for(self, generation: Generation) -> Extra | None:
         """Called by the flusher when it takes a generation (before any await)."""
-        acks: list[faust.EventT[bytes]] = generation.meta.get("acks", [])
-        if acks:
+        notes = generation.notes if isinstance(generation.notes, KafkaNotes) else KafkaNotes()
+        if notes.acks:
+            acks = notes.acks
             generation.done.add_done_callback(lambda _f: _ack_all(acks))
         if not self.dirty and not self.dirty_direct:
             return None
@@ -155,8 +178,7 @@ class PositionBook:
                 node_rows += pos.direct_rows(self.group, {tp: self.direct[tp]})
         self.dirty.clear()
         self.dirty_direct.clear()
-        meta = generation.meta
-        return FlushPositions(rows, meta.get("users", {}), meta.get("links", set()))
+        return FlushPositions(rows, notes.users, notes.links)
 
     def forget(self, partitions: set[int], sources: set[pos.SourceTP]) -> None:
         """Partitions revoked: Faust has waited for all their acks (= our commits)."""
@@ -169,7 +191,8 @@ class PositionBook:
 
 
 class ProgressRuntime:
-    """Applies repartition records to the pipeline, dropping the already-applied ones."""
+    """Applies source and repartition records to the pipeline, dropping the ones whose
+    effect is already committed (below the stored positions)."""
 
     def __init__(self, pipeline: Pipeline, book: PositionBook):
         self.pipeline = pipeline
@@ -181,109 +204,124 @@ class ProgressRuntime:
         self.pipeline.config = config
         self.latest = LatestValues(config)
 
-    async def direct(self, items: Sequence[tuple[faust.EventT[bytes], Event]]) -> None:
+    def _notes(self) -> KafkaNotes:
+        return notes_of(self.pipeline.flusher.generation())
+
+    async def direct(self, items: Sequence[tuple[Record, Event]]) -> None:
         """Source records keyed by their user id: applied without the repartition hop.
 
-        Each record's position advance and ack join the generation its event went into:
-        nothing awaits between buffering an event and recording its position, except
-        when the buffer is full (then `Pipeline.buffer` waits for space and the record
-        joins the next generation, with its position).
+        Each record's position advance and ack join the generation its event went into
+        (`Pipeline.add_batch` calls back before anything is awaited).
         """
-        started = time.perf_counter()
-        book, pipeline, latest = self.book, self.pipeline, self.latest
-        positions, dirty = book.direct, book.dirty_direct
-        acks, users, links = self._noted()
-        for record, event in items:
+        positions, dirty, latest = self.book.direct, self.book.dirty_direct, self.latest
+        for tp in {(record.message.topic, record.message.partition) for record, _ in items}:
+            if tp not in positions:
+                positions[tp] = await self._load_direct(tp)
+
+        def event_of(item: tuple[Record, Event]) -> Event | None:
+            message = item[0].message
+            if message.offset < positions[(message.topic, message.partition)]:
+                _REDELIVERED_DIRECT.inc()
+                return None
+            if latest.stale(item[1]):
+                kafka_metrics.LATE.inc()
+                return None
+            return item[1]
+
+        def on_added(item: tuple[Record, Event], generation: Generation | None) -> None:
+            record, event = item
             message = record.message
             tp = (message.topic, message.partition)
-            offset = message.offset
-            next_offset = positions.get(tp)
-            if next_offset is None:
-                next_offset = positions[tp] = await self._load_direct(tp)
-                # the flusher may have taken the generation meanwhile
-                acks, users, links = self._noted()
-            if offset < next_offset:
-                _REDELIVERED_DIRECT.inc()
-                acks.append(record)
-                continue
-            if latest.stale(event):
-                kafka_metrics.LATE.inc()
-            else:
-                if await pipeline.buffer_batched(event):  # waited for space: a new generation
-                    acks, users, links = self._noted()
-                node = ("d", tp[1])
-                seen = users.setdefault(event.user_id, node)
-                if seen != node:
-                    links.add((seen, node))
-            positions[tp] = offset + 1
-            dirty.add(tp)
-            acks.append(record)
-        pipeline.measured(time.perf_counter() - started)
+            notes = self._notes()
+            if generation is not None:
+                notes.user_from(event.user_id, ("d", tp[1]))
+            if message.offset >= positions[tp]:
+                positions[tp] = message.offset + 1
+                dirty.add(tp)
+            notes.acks.append(record)
 
-    async def forwarded(self, records: Sequence[faust.EventT[bytes]]) -> None:
+        await self.pipeline.add_batch(items, event_of, on_added)
+
+    async def forwarded(self, records: Sequence[Record]) -> None:
         """Records of the repartition topic (forwarded by an ingest agent), in order.
 
-        A record that fails for a bug is logged and acked; the batch goes on.
+        A batch that fails for a bug is applied again record by record: the records it
+        had applied are found below their positions, and a record that fails alone is
+        logged and acked; the partition never stalls.
         """
-        started = time.perf_counter()
-        for record in records:
-            try:
-                await self._forwarded(record)
-            except Exception:  # a bug: log it, never stall the partition
-                log.exception("repartition record failed, skipped")
-                record.ack()
-        self.pipeline.measured(time.perf_counter() - started)
-
-    async def _forwarded(self, record: faust.EventT[bytes]) -> None:
-        message = record.message
-        partition, offset = message.partition, message.offset
-        positions = self.book.positions.get(partition)
-        if positions is None:
-            positions = self.book.positions[partition] = await self._load(partition)
-            log.info(
-                "partition positions loaded",
-                extra={
-                    "partition": partition,
-                    "next_offset": positions.next_offset,
-                    "sources": len(positions.sources),
-                },
-            )
+        for partition in {record.message.partition for record in records}:
+            await self._ensure_loaded(partition)
+        items = [(record, self._decoded(record)) for record in records]
         try:
-            item = decode(record.value)
+            await self.pipeline.add_batch(items, self._forwarded_event, self._forwarded_added)
+        except Exception:
+            log.exception("repartition batch failed, applying its records one by one")
+            for item in items:
+                try:
+                    await self.pipeline.add_batch(
+                        [item], self._forwarded_event, self._forwarded_added
+                    )
+                except Exception:  # a bug: log it, never stall the partition
+                    log.exception("repartition record failed, skipped")
+                    item[0].ack()
+
+    def _decoded(self, record: Record) -> Forwarded | None:
+        try:
+            return decode(record.value)
         except Exception:  # our own format: only a bug or a foreign producer gets here
-            log.exception("undecodable repartition record", extra={"offset": offset})
-            self._noted()[0].append(record)
-            return
-        source = (item.source_topic, item.source_partition)
-        if positions.seen(offset, source, item.source_offset):
+            log.exception("undecodable repartition record", extra={"offset": record.message.offset})
+            return None
+
+    def _forwarded_event(self, item: tuple[Record, Forwarded | None]) -> Event | None:
+        record, forwarded = item
+        if forwarded is None:
+            return None
+        message = record.message
+        positions = self.book.positions[message.partition]
+        source = (forwarded.source_topic, forwarded.source_partition)
+        if positions.seen(message.offset, source, forwarded.source_offset):
             kafka_metrics.REDELIVERED.labels(
-                "repartition" if offset < positions.next_offset else "source"
+                "repartition" if message.offset < positions.next_offset else "source"
             ).inc()
-        elif self.latest.stale(item.event):
+            return None
+        if self.latest.stale(forwarded.event):
             kafka_metrics.LATE.inc()
-        else:
-            await self.pipeline.buffer_batched(item.event)
-            _, users, links = self._noted()
-            node = ("r", partition)
-            seen = users.setdefault(item.event.user_id, node)
-            if seen != node:
-                links.add((seen, node))
-        # No await between buffering and here: the flusher cannot take the generation
-        # in between, so positions and acks join the one holding the event.
-        positions.advance(offset, source, item.source_offset)
-        self.book.dirty.add(partition)
-        self._noted()[0].append(record)
+            return None
+        return forwarded.event
+
+    def _forwarded_added(
+        self, item: tuple[Record, Forwarded | None], generation: Generation | None
+    ) -> None:
+        record, forwarded = item
+        notes = self._notes()
+        if forwarded is not None:
+            partition = record.message.partition
+            if generation is not None:
+                notes.user_from(forwarded.event.user_id, ("r", partition))
+            source = (forwarded.source_topic, forwarded.source_partition)
+            self.book.positions[partition].advance(
+                record.message.offset, source, forwarded.source_offset
+            )
+            self.book.dirty.add(partition)
+        notes.acks.append(record)
+
+    async def _ensure_loaded(self, partition: int) -> None:
+        if partition in self.book.positions:
+            return
+        positions = self.book.positions[partition] = await self._load(partition)
+        log.info(
+            "partition positions loaded",
+            extra={
+                "partition": partition,
+                "next_offset": positions.next_offset,
+                "sources": len(positions.sources),
+            },
+        )
 
     async def _load_direct(self, tp: pos.SourceTP) -> int:
         """Next directly applied offset of a newly owned source partition."""
         book = self.book
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
-            stop=stop_never,
-            before_sleep=_log_retry("loading source positions failed, retrying", tp[1]),
-            reraise=True,
-        ):
+        async for attempt in _retrying("loading source positions failed, retrying", tp[1]):
             with attempt:
                 found = await pos.load_direct(self.pipeline.engine, book.group, *tp)
                 log.info(
@@ -296,27 +334,15 @@ class ProgressRuntime:
     async def _load(self, partition: int) -> pos.PartitionPositions:
         """Positions of a newly owned partition; waits out a database outage."""
         book = self.book
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
-            stop=stop_never,
-            before_sleep=_log_retry("loading partition positions failed, retrying", partition),
-            reraise=True,
-        ):
+        async for attempt in _retrying("loading partition positions failed, retrying", partition):
             with attempt:
                 return await pos.load(self.pipeline.engine, book.group, book.topic, partition)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _noted(self) -> tuple[list[faust.EventT[bytes]], Users, Links]:
-        """What the current generation notes: the records to ack once its flush commits,
-        and where its users' events came from (FlushPositions)."""
-        meta = self.pipeline.flusher.generation().meta
-        if not meta:
-            meta.update(acks=[], users={}, links=set())
-        return meta["acks"], meta["users"], meta["links"]
 
+def _retrying(message: str, partition: int) -> AsyncRetrying:
+    """Retries while the database is unreachable (positions are needed to go on)."""
 
-def _log_retry(message: str, partition: int) -> Any:
     def before_sleep(state: Any) -> None:
         error = state.outcome.exception() if state.outcome else None
         log.warning(
@@ -328,10 +354,16 @@ def _log_retry(message: str, partition: int) -> Any:
             },
         )
 
-    return before_sleep
+    return AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        stop=stop_never,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
-def _ack_all(records: list[faust.EventT[bytes]]) -> None:
+def _ack_all(records: list[Record]) -> None:
     for record in records:
         try:
             record.ack()

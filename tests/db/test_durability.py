@@ -15,12 +15,16 @@ from app.core.events import Event
 from app.core.progress import Delta, fold
 from app.core.settings import async_database_url
 from app.pipeline import source_of
-from tables.buffer import ABORTED, COMMITTED, TIMED_OUT, Flusher
 from tables.db import make_engine
+from tables.flusher import Flusher
 from tables.schema import challenge_dead_letters, challenge_processed_events
-from tables.writer import RowsLocked, TransientWriteError, Writer
+from tables.waiters import Ack
+from tables.write_result import RowsLocked, TransientWriteError
+from tables.writer import Writer
 from tests.helpers.faults import RowLock
 from tests.helpers.support import config, goal, login, put_row, row, rows, stat, ts
+
+ABORTED, COMMITTED, TIMED_OUT = Ack.ABORTED, Ack.COMMITTED, Ack.TIMED_OUT
 
 WHEN = "2026-11-20 10:00"
 CFG = config(

@@ -8,7 +8,7 @@ import asyncio
 import logging
 
 from app.pipeline import source_of
-from tables.buffer import Flusher
+from tables.flusher import Flusher
 from tables.gdpr import erase_user
 from tables.writer import Writer
 from tests.helpers.faults import RowLock

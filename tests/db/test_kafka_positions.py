@@ -16,9 +16,10 @@ from app.kafka.codec import Forwarded, decode, encode
 from app.kafka.runtime import FlushPositions
 from app.pipeline import source_of
 from tables import positions as pos
-from tables.buffer import Flusher
 from tables.db import RETRY
-from tables.writer import RowsLocked, TransientWriteError, Writer
+from tables.flusher import Flusher
+from tables.write_result import RowsLocked, TransientWriteError
+from tables.writer import Writer
 from tests.helpers.faults import RowLock
 from tests.helpers.kafka import BASE_TIME
 from tests.helpers.support import config, goal, login, put_row, row

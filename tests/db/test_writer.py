@@ -10,10 +10,12 @@ from sqlalchemy import func, select
 from app.core.challenges import Source
 from app.core.events import Event, EventType
 from app.core.progress import Delta
-from tables.buffer import BufferFull, Flusher
+from tables.accumulator import BufferFull
 from tables.db import make_engine
+from tables.flusher import Flusher
 from tables.schema import challenge_dead_letters, user_goal_progress
-from tables.writer import TransientWriteError, Writer
+from tables.write_result import TransientWriteError
+from tables.writer import Writer
 from tests.helpers.support import config, count_statements, flush, goal, login, row, rows, stat, ts
 
 WINS = config(goal("win-10", "statistic:match_wins", target=10))
@@ -171,11 +173,11 @@ class _OneShardFailsOnce(Writer):
         self.victim = victim
         self.failed = False
 
-    async def _write_one(self, deltas, extra, source, claim=None, isolate=False):
+    async def write_one(self, deltas, extra, source, claim=None, isolate=False):
         if not self.failed and any(d.user_id == self.victim for d in deltas):
             self.failed = True
             raise TransientWriteError("injected: connection lost")
-        return await super()._write_one(deltas, extra, source, claim, isolate)
+        return await super().write_one(deltas, extra, source, claim, isolate)
 
 
 async def test_parallel_shards_retry_only_the_failed_one(pg_engine):

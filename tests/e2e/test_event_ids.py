@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tables.buffer import Flusher
+from tables.flusher import Flusher
 from tables.writer import Writer
 from tests.helpers.grpc import (
     Bridge,

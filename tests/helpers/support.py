@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.challenges import ChallengeConfig, parse_config
 from app.core.events import Event, EventType
 from app.pipeline import source_of
-from tables.buffer import Flusher
+from tables.flusher import Flusher
 from tables.schema import user_goal_progress
-from tables.writer import Writer, WriteResult
+from tables.write_result import WriteResult
+from tables.writer import Writer
 
 _ids = itertools.count(1)
 

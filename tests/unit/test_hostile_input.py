@@ -31,7 +31,7 @@ from app.core.events import (
     decode_json_event,
 )
 from app.kafka.codec import DEAD_LETTER_MAX_VALUE, dead_letter_value
-from app.pipeline import reload_config
+from app.lifecycle import reload_config
 from proto.build import load
 from tests.helpers.hostile import DOCUMENTED, assert_folds_whole, assert_invariants
 

@@ -1,11 +1,13 @@
-"""`tables.buffer.Waiters`: the callers of one commit share one deadline timer, yet each
+"""`tables.waiters.Waiters`: the callers of one commit share one deadline timer, yet each
 keeps its own deadline, and a caller that goes away disturbs nobody."""
 
 from __future__ import annotations
 
 import asyncio
 
-from tables.buffer import ABORTED, COMMITTED, PENDING, TIMED_OUT, Waiters
+from tables.waiters import Ack, Waiters
+
+ABORTED, COMMITTED, PENDING, TIMED_OUT = Ack.ABORTED, Ack.COMMITTED, Ack.PENDING, Ack.TIMED_OUT
 
 
 def _timers(loop: asyncio.AbstractEventLoop) -> int:
