@@ -137,7 +137,7 @@ async def database_counters(url: str) -> dict[str, float]:
 
 
 async def verify(url: str, acked_path: Path, errors: int) -> dict[str, Any]:
-    """Every acknowledged event against the table (SPEC §6: none lost, none twice)."""
+    """Every acknowledged event against the table (contract §6: none lost, none twice)."""
     logins: dict[str, int] = defaultdict(int)
     totals: dict[tuple[str, str], int] = defaultdict(int)
     values: dict[tuple[str, str], set[int]] = defaultdict(set)
@@ -342,7 +342,7 @@ def one_run(
 
 
 def lock_scenario(target: Target, args: argparse.Namespace, url: str, work: Path) -> dict:
-    """SPEC §6: the backend's claim holds one user's rows FOR UPDATE for 10 s while
+    """Contract §6: the backend's claim holds one user's rows FOR UPDATE for 10 s while
     1,000 users send 200 events/s; the others must not wait, the held user stays exact."""
     users, rate, duration, lock_at, lock_for = 1000, 200.0, 20, 5.0, 10.0
     asyncio.run(prepare(url, args.users))

@@ -1,4 +1,4 @@
-"""Overload probe (issue 9): keep N OnMessage calls in flight against a running `serve`
+"""Overload probe: keep N OnMessage calls in flight against a running `serve`
 for D seconds and print the answers by code with client-side latency percentiles.
 
     .venv/bin/python bench/grpc_overload.py 127.0.0.1:6565 1500 20 4

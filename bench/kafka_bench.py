@@ -1,4 +1,4 @@
-"""Benchmark: Kafka mode end to end, in one invocation (issue 11).
+"""Benchmark: Kafka mode end to end, in one invocation.
 
 Pre-produces N events (default 100,000: 20 % logins, 80 % statistic updates, 10,000
 users, 4 partitions per topic, keyed by user id as AGS keys them, event time increasing

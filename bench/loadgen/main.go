@@ -1,6 +1,6 @@
 // loadgen: the Extend event bridge's load, compiled, so the client is not the bottleneck.
 //
-// It calls the two OnMessage methods (SPEC §1.1) with the Extend mix: 20 % UserLoggedIn,
+// It calls the two OnMessage methods (docs/contract.md §1.1) with the Extend mix: 20 % UserLoggedIn,
 // 80 % StatItemUpdated (stat codes enemy_kills login_count games_played headshots wins,
 // values 0-999, inc 1-10), over -users users, every event with a unique id.
 //
