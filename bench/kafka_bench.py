@@ -67,6 +67,7 @@ from app.core.events import Event, EventType
 from app.core.progress import Delta, Family, Row, applies, apply_delta, period_of
 from app.core.settings import Settings, async_database_url
 from app.kafka.admin import ensure_topics
+from app.kafka.aiokafka_internals import refresh_metadata
 from app.kafka.replay import replay_range
 from app.kafka.topics import Topics
 from app.lifecycle import settle_heap
@@ -260,7 +261,7 @@ async def raw_consume(bootstrap: str, topics: Topics, total: int) -> dict[str, A
     try:
         parts: list[TopicPartition] = []
         while len(parts) < 2:
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             parts = [
                 TopicPartition(t, p)
                 for t in (topics.login, topics.stat)

@@ -11,6 +11,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from tables.sqlalchemy_internals import begin_if_not_begun
+
 # SQLSTATE classes that say "the database cannot take any batch now", never "this row is
 # bad": connection, insufficient resources, operator intervention (shutdown), system
 # errors, and schema/privilege problems (not the data's fault; an operator fixes them).
@@ -72,21 +74,18 @@ async def driver_fetch(conn: AsyncConnection, statement: str, args: list[Any]) -
     transaction; returns its rows.
 
     The flush's two hot statements (event ids, merge) go to the driver directly:
-    SQLAlchemy's execute path was the largest part of a small flush's CPU (issue 8's
-    profile). BEGIN, COMMIT, savepoints and the rare statements stay SQLAlchemy's.
-    SQLAlchemy begins its transaction lazily on the first statement it runs, so it is
-    begun here when not yet. A lost connection is invalidated here, as SQLAlchemy does on
-    its own path, so the retry takes a fresh one from the pool.
+    SQLAlchemy's execute path was the largest part of a small flush's CPU in a profile.
+    BEGIN, COMMIT, savepoints and the rare statements stay SQLAlchemy's. SQLAlchemy
+    begins its transaction lazily on the first statement it runs, so it is begun here
+    when not yet (tables/sqlalchemy_internals.py). A lost connection is invalidated
+    here, as SQLAlchemy does on its own path, so the retry takes a fresh one from the
+    pool.
     """
     raw = await conn.get_raw_connection()
     adapted: Any = raw.dbapi_connection
     try:
-        if conn.in_transaction() and getattr(adapted, "_transaction", True) is None:
-            try:
-                await adapted._start_transaction()
-            except Exception as exc:  # SQLAlchemy's adapter re-raises the driver's error
-                cause = exc.__cause__
-                raise (cause if isinstance(cause, Exception) else exc) from None
+        if conn.in_transaction():
+            await begin_if_not_begun(adapted)  # SQLAlchemy's own, begun lazily
         driver: Any = raw.driver_connection
         rows: list[Any] = await driver.fetch(statement, *args)
         return rows

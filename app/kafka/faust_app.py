@@ -19,12 +19,12 @@ from typing import Any
 
 import faust
 from faust.sensors.monitor import Monitor
-from faust.tables import TableManager
 
 from app.core.challenges import ChallengeConfig
 from app.core.events import EventType
 from app.core.settings import Settings
 from app.kafka import metrics as kafka_metrics
+from app.kafka.faust_internals import ChallengeApp, TablesDeclaredUpFront
 from app.kafka.lag import track_lag
 from app.kafka.runtime import PositionBook, ProgressRuntime
 from app.kafka.topics import Topics, dlq_topic
@@ -60,39 +60,6 @@ class PerRecordQuietMonitor(Monitor):
 
     def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
         return None
-
-
-class ChallengeApp(faust.App):
-    """faust.App creating each record's event without a settings lookup.
-
-    Faust reads `app.conf.Event` for every record it hands to a stream, through its
-    settings' attribute access (≈ 1.7 % of the worker's CPU in a profile); the class is
-    read once here.
-    """
-
-    _event_class: Any = None
-
-    def create_event(self, key: Any, value: Any, headers: Any, message: Any) -> Any:
-        event_class = self._event_class
-        if event_class is None:
-            event_class = self._event_class = self.conf.Event
-        return event_class(self, key, value, headers, message)
-
-
-class TablesDeclaredUpFront(TableManager):
-    """Faust's table manager without its one-second nap at start.
-
-    Faust's manager sleeps 1 s before it starts so that tables declared while the app is
-    already starting can still register. Everything of ours is declared in `create_app`,
-    before the worker starts (and it declares no Faust table), so the nap only delayed
-    every start — and every restart after a crash — by a second before the consumer
-    subscribed.
-    """
-
-    async def on_start(self) -> None:
-        if not self.should_stop:
-            await self._update_channels()
-            await self.recovery.start()
 
 
 @dataclass(frozen=True)
@@ -148,7 +115,7 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         monitor=PerRecordQuietMonitor(),
         TableManager=TablesDeclaredUpFront,
     )
-    # the consumer side with the cheaper record hand-over (app/kafka/transport.py)
+    # the consumer and producer with the cheaper per-record paths (app/kafka/faust_internals.py)
     app.transport = Transport(app.conf.broker_consumer, app)
     book = PositionBook(topics.group, topics.repartition)
     # event ids recorded with the rows: a duplicate id at another offset (a producer retry)

@@ -17,6 +17,7 @@ from typing import Any
 import faust
 from prometheus_client import Gauge
 
+from app.kafka.faust_internals import committed_offsets
 from app.observability.metrics import PREFIX
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ _exported: set[tuple[str, str]] = set()
 def update_lag(consumer: Any) -> None:
     """Set the gauge for every assigned partition; drop series of revoked ones."""
     global _exported
-    committed = getattr(consumer, "_committed_offset", {})  # Faust keeps it per partition
+    committed = committed_offsets(consumer)
     seen: set[tuple[str, str]] = set()
     for tp in consumer.assignment():
         try:

@@ -19,6 +19,7 @@ from app.core.clock import epoch_ms
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.core.latest import LatestValues
 from app.core.settings import Settings, SettingsError
+from app.kafka.aiokafka_internals import refresh_metadata
 from app.kafka.topics import event_type_for
 from app.pipeline import running
 from app.replay import ReplaySummary
@@ -92,7 +93,7 @@ async def replay_range(
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         ids: set[int] | None = consumer.partitions_for_topic(topic)
         if ids:
             return ids

@@ -13,6 +13,7 @@ from tables.gdpr import erase_user
 from tables.writer import Writer
 from tests.helpers.faults import RowLock
 from tests.helpers.support import config, execute, goal, login, put_row, rows
+from tests.helpers.wait import wait_until_async
 
 CFG = config(
     goal("logins", "login", target=100, type="increment"),
@@ -60,9 +61,14 @@ async def test_a_flush_in_flight_never_resurrects_the_user(engine):
             for minute in range(10):
                 add(flusher, login(user, f"2026-11-20 10:{minute:02d}"))
             flusher.request_flush()
-            await asyncio.sleep(0.001 * (round_ % 5))  # land before, during or after it
+            # the scenario, not a wait: land before, during or after the flush
+            await asyncio.sleep(0.001 * (round_ % 5))
             await erase_user(flusher, user, "mygame", source="test")
-        await asyncio.sleep(0.2)  # several flush intervals
+        # the flusher's own interval flushes take what is left, then a final one
+        await wait_until_async(
+            lambda: flusher.pending == 0 and flusher.carried == 0,
+            message="the interval flushes to take the buffer",
+        )
         await flusher.flush_now()
         assert not [key for key in await rows(engine) if key[0].startswith("race-")]
     finally:
@@ -83,10 +89,7 @@ async def test_deletion_does_not_wait_for_another_users_held_rows(pg_engine, pg_
             assert lock.locked == 2
             add(flusher, login("held", "2026-11-20 11:00"))
             flusher.request_flush()
-            deadline = asyncio.get_running_loop().time() + 10
-            while flusher.carried == 0:
-                assert asyncio.get_running_loop().time() < deadline, "never carried"
-                await asyncio.sleep(0.01)
+            await wait_until_async(lambda: flusher.carried, message="the held row carried")
             erasure = await erase_user(
                 flusher, "leaving", "mygame", source="test", barrier_timeout=3
             )
@@ -115,13 +118,12 @@ async def test_resweep_deletes_a_row_written_after_the_deletion(engine, caplog):
     await erase_user(flusher, "late", "mygame", source="test", resweep_after=0.3)
     await put_row(engine, "late", "logins", progress=1)  # another replica's late flush
     with caplog.at_level(logging.WARNING, logger="tables.gdpr"):
-        for _ in range(100):
-            if not await rows(engine):
-                break
-            await asyncio.sleep(0.05)
-        assert not await rows(engine)
-        for _ in range(20):  # the log line follows the commit
-            if "gdpr re-sweep deleted rows" in caplog.text:
-                break
-            await asyncio.sleep(0.05)
-    assert "gdpr re-sweep deleted rows" in caplog.text
+
+        async def swept() -> bool:
+            return not await rows(engine)
+
+        await wait_until_async(swept, message="the re-sweep to delete the late row")
+        # the log line follows the commit
+        await wait_until_async(
+            lambda: "gdpr re-sweep deleted rows" in caplog.text, message="the re-sweep's log"
+        )

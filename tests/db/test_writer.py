@@ -17,6 +17,7 @@ from tables.schema import challenge_dead_letters, user_goal_progress
 from tables.write_result import TransientWriteError
 from tables.writer import Writer
 from tests.helpers.support import config, count_statements, flush, goal, login, row, rows, stat, ts
+from tests.helpers.wait import wait_until_async
 
 WINS = config(goal("win-10", "statistic:match_wins", target=10))
 
@@ -128,7 +129,8 @@ async def test_flusher_keeps_retrying_and_applies_backpressure_until_the_databas
             await flusher.add(
                 stat("bp-late", "match_wins", 1, "2026-11-20 10:00"), goals, timeout=0.3
             )
-        assert len(retries) >= 2 and flusher.pending == 3
+        await wait_until_async(lambda: len(retries) >= 2, message="two failed attempts")
+        assert flusher.pending == 3
         flusher.writer = Writer(good)  # the database comes back
         await asyncio.wait_for(accepted[0][0].done, 10)
         await flusher.close()

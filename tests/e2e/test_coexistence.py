@@ -33,6 +33,7 @@ from tests.helpers.grpc import (
     server_env,
     write_config,
 )
+from tests.helpers.wait import wait_until_async
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,11 +134,13 @@ async def test_required_waits_for_the_backend_then_serves(empty_db, tmp_path):
     ).start()
     try:
         await server.wait_health(NOT_SERVING)
-        deadline = asyncio.get_running_loop().time() + 30
-        while "waiting for the challenge backend" not in server.log_text():
-            assert asyncio.get_running_loop().time() < deadline, server.log_tail()
-            await asyncio.sleep(0.1)
-        # several probes later it still waits and has created nothing
+        await wait_until_async(
+            lambda: "waiting for the challenge backend" in server.log_text(),
+            timeout=30,
+            message="the wait for the backend in serve.log",
+        )
+        # several probes later it still waits and has created nothing (the scenario: a
+        # second of probes every 200 ms, asserted each time, not a wait for a state)
         for _ in range(5):
             assert await server.health() == NOT_SERVING
             await asyncio.sleep(0.2)

@@ -5,15 +5,14 @@ pass `promtool check rules`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.deploy_kit import RULES, used_metrics
 from tests.helpers.grpc import SERVING, Server, server_env, write_config
 from tests.helpers.kafka import (
     Record,
@@ -28,24 +27,9 @@ from tests.helpers.kafka import (
 from tests.helpers.kafka import write_config as write_kafka_config
 from tests.helpers.process import samples, scrape
 
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
-RULES = ROOT / "deploy" / "prometheus-rules.yml"
-METRIC = re.compile(r"\bchallenge_event_handler_[a-z0-9_]+")
-
 # Metrics the kit already charts that another branch adds right now; remove each entry
 # once that branch is merged (the test then proves the real metric exists).
 PENDING_METRICS: set[str] = set()  # metrics the kit may use before the service has them
-
-
-def dashboard_exprs() -> list[str]:
-    panels = json.loads(DASHBOARD.read_text())["panels"]
-    return [t["expr"] for p in panels for t in p.get("targets", [])]
-
-
-def used_metrics() -> set[str]:
-    names = {m for expr in dashboard_exprs() for m in METRIC.findall(expr)}
-    return names | set(METRIC.findall(RULES.read_text()))
 
 
 def exported(body: str) -> set[str]:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import select
+
+from app.core.clock import now_utc
 from tables.flusher import Flusher
+from tables.schema import challenge_processed_events
 from tables.writer import Writer
 from tests.helpers.grpc import (
     Bridge,
@@ -18,6 +22,7 @@ from tests.helpers.grpc import (
     write_config,
 )
 from tests.helpers.support import config, goal, row, stat
+from tests.helpers.wait import wait_until_async
 
 COUNTERS = config(
     goal("logins", "login", target=100, type="increment"),
@@ -77,7 +82,17 @@ async def test_two_replicas_racing_on_one_id_apply_it_once(engine):
 async def test_after_the_window_the_same_id_counts_again(engine):
     event = stat("u2", "kills", 4, "2026-11-20 10:00", inc=4, event_id="old")
     await _deliver(replica(engine, window=0.05), [event])
-    await asyncio.sleep(0.1)  # let the recorded id expire (the window is the subject here)
+
+    async def expired() -> bool:  # on the clock the flush compares expiry with
+        async with engine.connect() as conn:
+            expires = await conn.scalar(
+                select(challenge_processed_events.c.expires_at).where(
+                    challenge_processed_events.c.event_id == "old"
+                )
+            )
+        return expires is not None and expires < now_utc()
+
+    await wait_until_async(expired, message="the recorded id to expire")
     await _deliver(replica(engine, window=0.05), [event])
     assert (await row(engine, "u2", "kills")).progress == 8
 

@@ -247,7 +247,30 @@ async def test_metrics_after_traffic(server: Server, bridge: Bridge):
         >= 20
     )
     assert await server.metric("challenge_event_handler_grpc_in_flight_requests") == 0
-    assert await server.metric("challenge_event_handler_buffer_size") >= 0
+    # durable acks: every acknowledged event is committed, nothing is left buffered
+    assert await server.metric("challenge_event_handler_buffer_size") == 0
+
+
+async def test_buffer_size_is_what_is_buffered(pg_url: str, tmp_path: Path):
+    """Buffered acks and an hour-long interval: after the acks nothing is flushed yet, and
+    the gauge is the buffered (user, goal) count; SIGTERM's final flush writes them."""
+    env = server_env(
+        pg_url, write_config(tmp_path), ACK_MODE="buffered", BUFFER_FLUSH_INTERVAL="1h"
+    )
+    server = Server(env, tmp_path / "server.log").start()
+    try:
+        await server.wait_health(SERVING)
+        people = users(7)
+        async with Bridge(server.target) as client:
+            results = await client.call_all([login(u) for u in people])
+        assert [code for code, _ in results] == [OK] * 7
+        # two login goals per user (logins, daily-login), none written yet
+        assert await server.metric("challenge_event_handler_buffer_size") == 14
+        assert await fetch_rows(pg_url, people) == {}
+        assert server.terminate() == 0
+        assert len(await fetch_rows(pg_url, people)) == 14
+    finally:
+        server.stop_quietly()
 
 
 # --------------------------------------------------------------------- SIGHUP reload

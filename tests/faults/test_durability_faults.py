@@ -5,7 +5,6 @@ database down, and Kafka exactness under a held lock."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -62,9 +61,12 @@ async def _metric_at_least(server: Server, name: str, value: float) -> bool:
 
 
 async def test_a_held_user_delays_only_its_own_calls(pg_url, tmp_path, started, row_lock):
-    """One user's rows held FOR UPDATE for 3 s while 30 users send: everyone else is
-    answered within a flush, the held user's calls wait and then commit, exact."""
-    server = started(server_env(pg_url, write_config(tmp_path), BUFFER_FLUSH_INTERVAL="1s"))
+    """One user's rows held FOR UPDATE while 30 users send: everyone else is answered
+    within a flush, the held user's calls wait and then commit, exact.
+
+    The flush interval is an hour and the lock outlives the other calls: answered within
+    their 10 s deadline, they waited for neither."""
+    server = started(server_env(pg_url, write_config(tmp_path), BUFFER_FLUSH_INTERVAL="1h"))
     await server.wait_health(SERVING)
     people = users(30)
     held = people[0]
@@ -75,23 +77,17 @@ async def test_a_held_user_delays_only_its_own_calls(pg_url, tmp_path, started, 
             held_calls: asyncio.Future = asyncio.ensure_future(  # noqa: RUF006 - awaited below
                 bridge.call_all([login(held) for _ in range(5)])
             )
-            latencies: list[float] = []
-
-            async def timed(message) -> tuple:
-                began = time.perf_counter()
-                outcome = await bridge.call(message, timeout=10)
-                latencies.append(time.perf_counter() - began)
-                return outcome
-
             messages = [m for u in people[1:] for m in (login(u), stat(u, "enemy_kills", 0, 3))]
-            others = await asyncio.gather(*(timed(m) for m in messages))
+            others = await asyncio.gather(*(bridge.call(m, timeout=10) for m in messages))
             assert codes(others) == {"OK": 58}
-            latencies.sort()
-            assert latencies[-1] < 1.0, latencies[-5:]  # not the 3 s lock, not the 1 s timer
             assert not held_calls.done()
-            await asyncio.sleep(1)  # the lock stays held a while longer
+            carried = "challenge_event_handler_rows_carried_total"
+            # three more retries of the held user's two rows meet the lock, still held
+            at_least = await server.metric(carried) + 6
+            await wait_for(
+                lambda: _metric_at_least(server, carried, at_least), 20, "retries meeting the lock"
+            )
             assert not held_calls.done()
-            assert await server.metric("challenge_event_handler_rows_carried_total") > 0
         assert codes(await held_calls) == {"OK": 5}
     assert await progress(pg_url, people[1:], "kills") == dict.fromkeys(people[1:], 3)
     assert await progress(pg_url, people, "logins") == {u: 2 if u != held else 6 for u in people}
@@ -151,12 +147,11 @@ async def test_sigterm_with_the_database_down_is_bounded(pg_url, tmp_path, start
         calls = asyncio.ensure_future(bridge.call_all([login(u) for u in people], timeout=60))
         in_flight = "challenge_event_handler_grpc_in_flight_requests"
         await wait_for(lambda: _metric_at_least(server, in_flight, 40), 20, "40 calls waiting")
-        began = time.monotonic()
-        code = await asyncio.to_thread(server.terminate, 30)
-        took = time.monotonic() - began
+        # bounded by the grace period: well before the calls' own 60 s deadline (a process
+        # still running then is killed and `code` is None)
+        code = await asyncio.to_thread(server.terminate, grace + 20)
         results = await calls
     assert code not in (0, None), server.log_tail()
-    assert took < grace + 3, took
     assert codes(results) == {"UNAVAILABLE": 40}, codes(results)
     assert all("retry" in details for _, details in results)
     assert "final flush gave up" in server.log_text()

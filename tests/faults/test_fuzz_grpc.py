@@ -16,7 +16,6 @@ import asyncio
 import math
 import os
 import random
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -394,16 +393,17 @@ async def test_server_answers_health_after_a_burst_of_garbage(pg_url: str, tmp_p
     try:
         await server.wait_health(SERVING)
         rng = random.Random(99)
-        start = time.monotonic()
         async with grpc.aio.insecure_channel(server.target) as channel:
-            results = await asyncio.gather(
-                *(
-                    raw_call(channel, STAT_METHOD, b"\xff" + rng.randbytes(rng.randint(1, 64)))
-                    for _ in range(2000)
-                )
+            results = await asyncio.wait_for(  # the bound of a broken run only
+                asyncio.gather(
+                    *(
+                        raw_call(channel, STAT_METHOD, b"\xff" + rng.randbytes(rng.randint(1, 64)))
+                        for _ in range(2000)
+                    )
+                ),
+                60,
             )
         assert {code for code, _ in results} <= {INVALID}
-        assert time.monotonic() - start < 60
         body = await server.metrics()
         value = sum(
             v

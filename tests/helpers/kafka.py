@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.kafka.admin import ensure_topics
+from app.kafka.aiokafka_internals import refresh_metadata
 from app.kafka.topics import LOGIN_SUFFIX, STAT_SUFFIX
 from tables.schema import user_goal_progress
 from tests.helpers.process import ServiceProcess, free_port, sample_sum, scrape
@@ -289,7 +290,7 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
         for topic in topics:
             parts = consumer.partitions_for_topic(topic)
             if not parts:
-                await consumer._client.force_metadata_update()
+                await refresh_metadata(consumer)
                 parts = consumer.partitions_for_topic(topic) or set()
             tps += [TopicPartition(topic, p) for p in parts]
         return dict(await consumer.end_offsets(tps)) if tps else {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from tests.e2e.test_deploy_kit import ROOT, RULES, dashboard_exprs
+from tests.helpers.deploy_kit import ROOT, RULES, dashboard_exprs
 
 
 def test_dashboard_covers_what_an_operator_needs():

@@ -17,7 +17,6 @@ from typing import Any
 
 from agents.ingest import SLICE, Ingest
 from app.core.events import Event, EventType
-from app.observability import metrics
 from tests.helpers.kafka import login_json
 
 WHEN = datetime(2026, 11, 20, 10, 0)
@@ -70,7 +69,17 @@ class DeadLetters:
 
 
 @dataclass
+class Topic:
+    name: str
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+@dataclass
 class Source:
+    topic: Topic
+    event_type: EventType
     dlq: DeadLetters
 
 
@@ -80,13 +89,9 @@ class Kafka:
 
 
 def ingest(runtime: FailingRuntime, dead_letters: DeadLetters) -> Ingest:
-    agent: Any = Ingest.__new__(Ingest)
-    agent.kafka = Kafka(runtime)
-    agent.source = Source(dead_letters)
-    agent.topic_name = TOPIC
-    agent.event_type = EventType.LOGIN
-    agent.received = metrics.EVENTS.labels("kafka")
-    return agent
+    source: Any = Source(Topic(TOPIC), EventType.LOGIN, dead_letters)
+    kafka: Any = Kafka(runtime)
+    return Ingest(kafka, source)
 
 
 def records(users: list[str]) -> list[Record]:

@@ -1,28 +1,66 @@
-"""The worker's record hand-over (app/kafka/transport.py): a delivery that completes at
-once skips Faust's race; one that waits is raced against flow suspension as before. Also
-the app's per-record shortcuts: the producer buffer's size and the record event class."""
+"""The worker's record hand-over (app/kafka/faust_internals.py): a delivery that completes
+at once skips Faust's race; one that waits is raced against flow suspension as before.
+Also the app's per-record shortcuts: the producer buffer's size and the record event class.
+
+Every consumer here is the one the worker's transport creates for a real (never started)
+Faust app; only the broker fetch beneath it is stood in for where a test fetches."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from mode.utils.locks import Event as ModeEvent
 
-from app.kafka.transport import FETCH_WAIT, Consumer
+from app.kafka.faust_internals import FETCH_WAIT, ChallengeApp, Consumer
+from app.kafka.transport import Transport
 
 
-def consumer(loop: asyncio.AbstractEventLoop) -> Any:
-    """The consumer's wait_first needs only the service's stop/crash events and loop."""
-    c: Any = Consumer.__new__(Consumer)
-    c._stopped = ModeEvent()
-    c._crashed = ModeEvent()
-    c._loop = loop
-    return c
+class BrokerFetch(faust_aiokafka.Consumer):
+    """Stands in for the broker fetch beneath the worker's consumer (no broker here):
+    records the partitions and the wait of each fetch, and returns no records."""
+
+    fetches: list[tuple[set[Any], float]]
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        self.fetches.append((set(active_partitions or ()), timeout))
+        return {}
+
+
+class FetchRecordingConsumer(Consumer, BrokerFetch):
+    """The worker's consumer, its `super()._getmany` landing in `BrokerFetch`."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.fetches = []
+
+
+class FetchRecordingTransport(Transport):
+    Consumer = FetchRecordingConsumer
+
+
+def bare_app(transport: type[Transport] = Transport) -> Any:
+    """The worker's app class and transport, never started (no broker is contacted)."""
+    app = ChallengeApp(
+        "unit-app", broker="kafka://127.0.0.1:1", autodiscover=False, web_enabled=False
+    )
+    app.transport = transport(app.conf.broker_consumer, app)
+    return app
+
+
+def consumer() -> Any:
+    """The consumer Faust creates through the worker's transport (not started)."""
+    return bare_app().consumer
+
+
+async def run_ready(turns: int = 10) -> None:
+    """Let the event loop run what is ready for a few turns (no clock involved): a task
+    just created reaches its first wait, a callback chain already set off completes."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -31,7 +69,7 @@ def flow() -> asyncio.Event:
 
 
 async def test_a_delivery_that_completes_at_once_wins_without_a_task(flow):
-    c = consumer(asyncio.get_running_loop())
+    c = consumer()
     delivered = []
 
     async def deliver() -> str:
@@ -46,7 +84,7 @@ async def test_a_delivery_that_completes_at_once_wins_without_a_task(flow):
 
 
 async def test_a_delivery_that_waits_still_completes_when_the_flow_runs(flow):
-    c = consumer(asyncio.get_running_loop())
+    c = consumer()
     room = asyncio.get_running_loop().create_future()
     steps = []
 
@@ -66,7 +104,7 @@ async def test_a_delivery_that_waits_still_completes_when_the_flow_runs(flow):
 
 
 async def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended(flow):
-    c = consumer(asyncio.get_running_loop())
+    c = consumer()
     never = asyncio.get_running_loop().create_future()
     steps = []
 
@@ -89,7 +127,7 @@ async def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended(flow):
 
 
 async def test_a_delivery_that_fails_at_once_raises(flow):
-    c = consumer(asyncio.get_running_loop())
+    c = consumer()
 
     async def deliver() -> None:
         raise ValueError("bad record")
@@ -99,7 +137,7 @@ async def test_a_delivery_that_fails_at_once_raises(flow):
 
 
 async def test_other_waits_go_to_faust_unchanged():
-    c = consumer(asyncio.get_running_loop())
+    c = consumer()
     first, second = asyncio.Event(), asyncio.Event()
     second.set()
     result = await c.wait_first(first, second)  # events, not the fetch loop's call
@@ -109,71 +147,53 @@ async def test_other_waits_go_to_faust_unchanged():
 # ----------------------------------------------------------------- fetching resumed
 
 
-def paused_consumer(loop: asyncio.AbstractEventLoop, tp: Any) -> Any:
-    """A consumer whose only partition is stopped because its stream buffer is full."""
-    c = consumer(loop)
-    c.flow_active = True
-    c.app = SimpleNamespace(client_only=False, in_recovery=False)
-    c._active_partitions = set()
-    c._paused_partitions = set()
-    c._buffered_partitions = {tp}
+def paused_consumer(tp: Any) -> Any:
+    """A consumer whose only partition is stopped because its stream buffer is full
+    (Faust's own hook, as a full stream buffer calls it)."""
+    c = bare_app(FetchRecordingTransport).consumer
+    c.on_buffer_full(tp)
     return c
 
 
 async def test_the_fetch_loop_waits_for_a_drained_buffer_not_a_whole_second():
     """Faust sleeps 1 s when every partition is stopped; here the wait ends when one
-    partition's stream buffer drains, and that partition is fetched again."""
+    partition's stream buffer drains (not at its hour-long timeout), and that partition
+    is fetched again."""
     tp = TP("t", 0)
-    c = paused_consumer(asyncio.get_running_loop(), tp)
-    started = time.perf_counter()
-    waiting = asyncio.create_task(c._wait_next_records(1.0))
-    await asyncio.sleep(0.02)
+    c = paused_consumer(tp)
+    waiting = asyncio.create_task(c._wait_next_records(3600.0))
+    await run_ready()
     assert not waiting.done()
     c.on_buffer_drop(tp)
-    records, active = await asyncio.wait_for(waiting, 0.5)
-    assert time.perf_counter() - started < 0.3
-    assert (records, active) == ({}, set())
-    assert c._get_active_partitions() == {tp}  # the next round fetches it
+    await run_ready()  # no clock: Faust's one-second sleep would still be running
+    assert waiting.done()
+    assert waiting.result() == ({}, set())
+    assert c.fetches == []
+    await c._wait_next_records(3600.0)  # the next round fetches it
+    assert c.fetches == [({tp}, FETCH_WAIT)]
 
 
 async def test_an_earlier_resume_does_not_end_a_new_wait():
     """The resume signal is cleared before the partitions are looked at."""
     tp = TP("t", 0)
-    c = paused_consumer(asyncio.get_running_loop(), tp)
-    c._resumed.set()  # an old resume: cleared, not taken for a new one
-    waiting = asyncio.create_task(c._wait_next_records(0.2))
-    await asyncio.sleep(0.05)
+    c = paused_consumer(tp)
+    c.on_buffer_drop(tp)  # an old resume: cleared, not taken for a new one
+    c.on_buffer_full(tp)
+    waiting = asyncio.create_task(c._wait_next_records(3600.0))
+    await run_ready()  # a resume still set would have ended the wait by now
     assert not waiting.done()
-    await asyncio.wait_for(waiting, 1)  # times out at 0.2 s, as Faust's sleep would end
+    c.on_buffer_drop(tp)
+    assert await asyncio.wait_for(waiting, 10) == ({}, set())
 
 
 async def test_a_fetch_waits_at_most_fetch_wait():
-    c = consumer(asyncio.get_running_loop())
-    seen = []
-
-    async def getmany(active: Any, timeout: float) -> dict:
-        seen.append(timeout)
-        return {}
-
-    c._thread = SimpleNamespace(getmany=getmany)
+    c = bare_app(FetchRecordingTransport).consumer
     await c._getmany({TP("t", 0)}, 1.0)
-    assert seen == [FETCH_WAIT]
-
-
-def bare_app() -> Any:
-    """The worker's app class and transport, never started (no broker is contacted)."""
-    from app.kafka.faust_app import ChallengeApp
-    from app.kafka.transport import Transport
-
-    app = ChallengeApp(
-        "unit-app", broker="kafka://127.0.0.1:1", autodiscover=False, web_enabled=False
-    )
-    app.transport = Transport(app.conf.broker_consumer, app)
-    return app
+    assert c.fetches == [({TP("t", 0)}, FETCH_WAIT)]
 
 
 async def test_the_producer_buffer_counts_pending_messages_without_settings():
-    from app.kafka.transport import UnthreadedProducerBuffer
+    from app.kafka.faust_internals import UnthreadedProducerBuffer
 
     buffer = bare_app().producer.buffer
     assert isinstance(buffer, UnthreadedProducerBuffer)
