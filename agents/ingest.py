@@ -5,8 +5,9 @@ One agent per source topic, taking records in batches (`noack_take`). Per record
 - keyed by its own user id (what AGS produces): applied straight to the pipeline
   (`ProgressRuntime.direct`); acked once the flush holding it has committed, its source
   position stored with the rows (exactly-once, no repartition hop);
-- any other key (or none): forwarded to the repartition topic keyed by user id, acked
-  once the broker has the copy (all copies of a batch awaited together; sent with
+- any other key (or none): forwarded to the repartition topic keyed by user id by an
+  idempotent producer, acked in source order once the broker has the copy (a failed
+  copy is resent, and nothing after it is acknowledged until it is delivered; sent with
   `force=True`, not as Faust "attachments", which a batch would tie to the wrong source
   offset). This hop is at-least-once; the progress agent drops the copies
   (tables/positions.py).
@@ -19,8 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 
 import faust
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential,
+)
 
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.kafka.codec import Forwarded, dead_letter_value, encode
@@ -43,6 +52,32 @@ def record_ms(message: faust.types.Message) -> int | None:
     return round(ts * 1000)
 
 
+class ForwardFailed(Exception):
+    """A forwarded copy is not on the broker; `waiting` records wait unacknowledged."""
+
+    def __init__(self, waiting: int):
+        super().__init__(f"{waiting} forwarded records not delivered")
+        self.waiting = waiting
+
+
+@dataclass(slots=True)
+class Forward:
+    """A source record and its copy on the way to the repartition topic."""
+
+    record: faust.EventT[bytes]
+    key: bytes
+    value: bytes
+    future: Awaitable[object]
+
+    def failed(self) -> bool:
+        future = self.future
+        return (
+            isinstance(future, asyncio.Future)
+            and future.done()
+            and (future.cancelled() or future.exception() is not None)
+        )
+
+
 class Ingest:
     """The per-record work of one source topic's agent."""
 
@@ -56,7 +91,7 @@ class Ingest:
     async def batch(self, records: Sequence[faust.EventT[bytes]]) -> None:
         self.received.inc(len(records))
         direct: list[tuple[faust.EventT[bytes], Event]] = []
-        forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]] = []
+        forwarded: list[Forward] = []
         for record in records:
             try:
                 try:
@@ -94,30 +129,51 @@ class Ingest:
                     log.exception("record failed, dead-lettered", extra={"topic": self.topic_name})
                     await self.dead_letter(record, InvalidEvent("internal", repr(exc)[:300]))
 
-    async def delivered(
-        self, forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]]
-    ) -> None:
-        """Ack forwarded records once the broker has their copies; resend failed ones."""
-        attempt = 0
-        while forwarded:
-            outcomes = await asyncio.gather(*(f for *_, f in forwarded), return_exceptions=True)
-            failed = []
-            for (record, key, value, _), outcome in zip(forwarded, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    failed.append((record, key, value))
-                else:
-                    record.ack()
-            if not failed:
-                return
-            attempt += 1
-            log.warning(
-                "forwarding failed, resending",
-                extra={"records": len(failed), "attempt": attempt, "topic": self.topic_name},
-            )
-            await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
-            forwarded = [
-                (record, key, value, await self.send(key, value)) for record, key, value in failed
-            ]
+    async def delivered(self, forwarded: list[Forward]) -> None:
+        """Ack forwarded records in source order once the broker has their copies.
+
+        A copy whose send failed is sent again, and no later record of the batch is
+        acknowledged until it is on the broker. The producer is idempotent, so no later
+        copy to the same repartition partition can have overtaken it: the resent copy is
+        not mistaken for one already applied (tables/positions.py drops copies below the
+        highest source offset applied through that partition)."""
+        done = 0
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(ForwardFailed),
+            wait=wait_exponential(multiplier=0.1, max=5.0),
+            stop=stop_never,
+            before_sleep=self._log_resend,
+            reraise=True,
+        ):
+            with attempt:
+                done = await self._ack_in_order(forwarded, done)
+
+    async def _ack_in_order(self, forwarded: list[Forward], start: int) -> int:
+        """Resend what failed from `start` on, then ack in order; ForwardFailed at the
+        first copy not delivered (later ones stay unacknowledged)."""
+        for item in forwarded[start:]:
+            if item.failed():
+                item.future = await self.send(item.key, item.value)
+        for index in range(start, len(forwarded)):
+            item = forwarded[index]
+            try:
+                await item.future
+            except Exception as exc:
+                raise ForwardFailed(len(forwarded) - index) from exc
+            item.record.ack()
+        return len(forwarded)
+
+    def _log_resend(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "forwarding failed, resending in order",
+            extra={
+                "records": getattr(error, "waiting", 0),
+                "attempt": state.attempt_number,
+                "topic": self.topic_name,
+                "error": repr(getattr(error, "__cause__", error))[:300],
+            },
+        )
 
     async def send(self, key: bytes, value: bytes) -> Awaitable[object]:
         future: Awaitable[object] = await self.kafka.by_user.send(key=key, value=value, force=True)
@@ -130,15 +186,13 @@ class Ingest:
             raise InvalidEvent("nil_message", "message cannot be nil")
         return decode_json_event(raw, self.event_type, fallback_ms=record_ms(record.message))
 
-    async def forward(
-        self, record: faust.EventT[bytes], event: Event
-    ) -> tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]:
+    async def forward(self, record: faust.EventT[bytes], event: Event) -> Forward:
         """Send a copy keyed by user id to the repartition topic (acked once delivered)."""
         message = record.message
         ts_ms = record_ms(message)
         user_key = event.user_id.encode()
         value = encode(Forwarded(event, self.topic_name, message.partition, message.offset, ts_ms))
-        return record, user_key, value, await self.send(user_key, value)
+        return Forward(record, user_key, value, await self.send(user_key, value))
 
     async def dead_letter(self, record: faust.EventT[bytes], exc: InvalidEvent) -> None:
         message = record.message

@@ -12,6 +12,8 @@ the core in-memory Generation buffer, not a Faust table (docs/kafka.md).
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,9 @@ from app.kafka.runtime import PositionBook, ProgressRuntime
 from app.kafka.topics import Topics, dlq_topic
 from app.kafka.transport import Transport
 from app.pipeline import Pipeline
+
+# Exit status of a worker that gave up a flush (EX_SOFTWARE): restart it.
+EXIT_FOR_REDELIVERY = 70
 
 RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -60,6 +65,13 @@ class PerRecordQuietMonitor(Monitor):
 
     def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
         return None
+
+
+def exit_for_redelivery(reason: str) -> None:
+    """A flush was given up: exit at once, nothing of it acked, so the restarted worker
+    reads its records again from the positions stored with the rows (as after kill -9)."""
+    logging.shutdown()
+    os._exit(EXIT_FOR_REDELIVERY)
 
 
 @dataclass(frozen=True)
@@ -117,7 +129,7 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     )
     # the consumer and producer with the cheaper per-record paths (app/kafka/faust_internals.py)
     app.transport = Transport(app.conf.broker_consumer, app)
-    book = PositionBook(topics.group, topics.repartition)
+    book = PositionBook(topics.group, topics.repartition, on_broken=exit_for_redelivery)
     # event ids recorded with the rows: a duplicate id at another offset (a producer retry)
     # is applied once even across restarts, within DEDUP_WINDOW
     pipeline = Pipeline.open(settings, config, record_event_ids=True, extra_for=book.extra_for)

@@ -39,6 +39,11 @@ tests/unit/test_library_internals.py (`check_versions`, `METHODS`, `ATTRIBUTES`)
   still register. Everything of ours is declared in `create_app`, before the worker
   starts (and it declares no Faust table), so the nap only delayed every start — and
   every restart after a crash — by a second before the consumer subscribed.
+- `Producer._settings_extra` (merged last into the aiokafka producer's settings by
+  `_new_producer`): the producer is idempotent, which Faust turns on only inside
+  transactions. A forwarded copy whose send failed is resent (agents/ingest.py); with
+  an idempotent producer no later copy to the same repartition partition can have been
+  written before it, so the resent copy is never taken for one already applied.
 - `Consumer._committed_offset`: the lag gauge (app/kafka/lag.py) reads the offsets
   Faust already holds per partition; Faust has no public reader of them, and asking the
   broker every few seconds would add a round trip per partition.
@@ -47,7 +52,7 @@ tests/unit/test_library_internals.py (`check_versions`, `METHODS`, `ATTRIBUTES`)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Mapping
 from importlib.metadata import version
 from typing import Any, NamedTuple
 
@@ -129,6 +134,13 @@ METHODS = (
         ("await self.sleep(1.0)", "await self._update_channels()", "await self.recovery.start()"),
     ),
     Method(TableManager, "_update_channels", ("self",)),
+    Method(faust_aiokafka.Producer, "_settings_extra", ("self",)),
+    Method(
+        faust_aiokafka.Producer,
+        "_new_producer",
+        ("self", "transactional_id"),
+        ("**self._settings_extra()",),
+    ),
 )
 
 
@@ -242,7 +254,11 @@ class UnthreadedProducerBuffer(ProducerBuffer):
 
 
 class Producer(faust_aiokafka.Producer):
-    """Faust's aiokafka producer with the cheaper buffer when it is not threaded."""
+    """Faust's aiokafka producer, idempotent, with the cheaper buffer when it is not
+    threaded."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

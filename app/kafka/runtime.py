@@ -18,8 +18,9 @@ user (a user with records in two of them) go in one part.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from app.pipeline import Pipeline
 from tables import positions as pos
 from tables.db import is_transient
 from tables.generation import Generation
-from tables.write_result import Extra
+from tables.write_result import Extra, TransientWriteError, WriteResult
 
 # Where a generation's events came from: ("d", n) the source partitions numbered n of
 # every source topic (applied directly: AGS keys by user id, so a user's records of both
@@ -150,20 +151,24 @@ class PositionBook:
     those records to Faust once the flush has committed.
     """
 
-    def __init__(self, group: str, topic: str):
+    def __init__(self, group: str, topic: str, on_broken: Callable[[str], None] | None = None):
         self.group = group
         self.topic = topic
         self.positions: dict[int, pos.PartitionPositions] = {}  # repartition partitions
         self.dirty: set[int] = set()
         self.direct: dict[pos.SourceTP, int] = {}  # source partitions applied directly
         self.dirty_direct: set[pos.SourceTP] = set()
+        # A flush was given up: its records must come back from the stored positions,
+        # so nothing is acked or committed from then on and the worker restarts.
+        self.broken: str | None = None
+        self.on_broken = on_broken
 
     def extra_for(self, generation: Generation) -> Extra | None:
         """Called by the flusher when it takes a generation (before any await)."""
+        if self.broken is not None:
+            return _refuse(self.broken)
         notes = generation.notes if isinstance(generation.notes, KafkaNotes) else KafkaNotes()
-        if notes.acks:
-            acks = notes.acks
-            generation.done.add_done_callback(lambda _f: _ack_all(acks))
+        generation.done.add_done_callback(lambda done: self._flushed(done, notes.acks))
         if not self.dirty and not self.dirty_direct:
             return None
         rows: dict[Node, list[dict[str, object]]] = {}
@@ -179,6 +184,18 @@ class PositionBook:
         self.dirty.clear()
         self.dirty_direct.clear()
         return FlushPositions(rows, notes.users, notes.links)
+
+    def _flushed(self, done: asyncio.Future[WriteResult], acks: list[Record]) -> None:
+        """Ack the flush's records, unless it was given up: then none of them is acked
+        (their positions were not stored) and the worker restarts for redelivery."""
+        if done.cancelled() or done.result().abandoned:
+            if self.broken is None:
+                self.broken = "a flush was given up: its records must be redelivered"
+                log.critical(self.broken, extra={"records": len(acks)})
+                if self.on_broken is not None:
+                    self.on_broken(self.broken)
+            return
+        _ack_all(acks)
 
     def forget(self, partitions: set[int], sources: set[pos.SourceTP]) -> None:
         """Partitions revoked: Faust has waited for all their acks (= our commits)."""
@@ -361,6 +378,16 @@ def _retrying(message: str, partition: int) -> AsyncRetrying:
         before_sleep=before_sleep,
         reraise=True,
     )
+
+
+def _refuse(reason: str) -> Extra:
+    """Joins a flush after one was given up: fails it like an outage, so nothing more
+    commits before the worker restarts."""
+
+    async def refuse(_conn: AsyncConnection) -> None:
+        raise TransientWriteError(reason)
+
+    return refuse
 
 
 def _ack_all(records: list[Record]) -> None:

@@ -15,14 +15,18 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.helpers.faults import RowLock
 from tests.helpers.kafka import (
     Record,
     Worker,
     create_topics,
     drained,
+    group_offsets,
+    login_topic,
     mixed_stream,
     new_namespace,
     produce,
+    stat_topic,
     table,
     wait_for,
     write_config,
@@ -246,5 +250,111 @@ async def test_a_worker_with_a_static_id_takes_its_partitions_back_at_once_after
         assert asyncio.get_running_loop().time() - started < 45  # not after the 60 s
         await settle(kafka_bootstrap, pg_engine, ns, [second])
         assert await table(pg_engine) == expected.rows()
+    finally:
+        second.terminate()
+
+
+async def committed_within_stored(bootstrap: str, engine: AsyncEngine, ns: str, group: str) -> None:
+    """Nothing acknowledged early: Kafka's committed offset of every source partition
+    applied directly is at or behind the position stored with the rows."""
+    committed = await group_offsets(bootstrap, group)
+    async with engine.connect() as conn:
+        stored = {
+            (topic, partition): offset
+            for topic, partition, offset in (
+                await conn.execute(
+                    text(
+                        "SELECT topic, partition, next_offset FROM challenge_consumer_offsets "
+                        "WHERE consumer_group = :g"
+                    ),
+                    {"g": group},
+                )
+            ).all()
+        }
+    for tp, offset in committed.items():
+        if tp.topic in (login_topic(ns), stat_topic(ns)) and offset > 0:
+            assert offset <= stored.get((tp.topic, tp.partition), 0), (tp, offset, stored)
+
+
+async def test_broker_restart_while_forwarding_loses_nothing(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path, outage
+):
+    """Records keyed by something else go through the repartition topic; the broker stops
+    while copies are on their way. A copy that failed is resent before anything after it
+    is acknowledged (idempotent producer), so no copy overtakes it: rows exact."""
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 20_000, 500, seed=21)
+    records = [keyed_otherwise(r) for r in records]
+    w = Worker(pg_url, kafka_bootstrap, ns, write_config(tmp_path), tmp_path / "w.log").start()
+    try:
+        await w.wait_ready()
+        await produce(kafka_bootstrap, records[:10_000])
+
+        async def forwarding() -> bool:
+            return (w.metric("challenge_event_handler_events_total") or 0) >= 2_000
+
+        await wait_for(forwarding, 120, "worker forwarding")
+        outage.stop("kafka")
+        outage.start("kafka")
+        await produce(kafka_bootstrap, records[10_000:])
+        await settle(kafka_bootstrap, pg_engine, ns, [w])
+        assert await table(pg_engine) == expected.rows()
+    finally:
+        w.terminate()
+
+
+FAIL_POSITIONS = (
+    "ALTER TABLE challenge_consumer_offsets ADD CONSTRAINT fail_positions "
+    "CHECK (next_offset < 0) NOT VALID"
+)
+
+
+async def test_a_held_then_failing_flush_is_redelivered_after_restart(
+    pg_url: str, pg_engine: AsyncEngine, kafka_bootstrap: str, tmp_path: Path
+):
+    """A flush waits on a row another session holds, then cannot store its positions at
+    all (a constraint refuses them: not an outage, so it ends isolated and given up).
+    The worker acknowledges none of its records and exits for a restart; the next worker
+    reads them again from the stored positions: rows exact, nothing acknowledged early."""
+    ns = new_namespace()
+    await create_topics(kafka_bootstrap, ns, partitions=4)
+    records, expected = mixed_stream(ns, 6_000, 200, seed=31)
+    config = write_config(tmp_path)
+    first = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w1.log").start()
+    try:
+        await first.wait_ready()
+        await produce(kafka_bootstrap, records[:3_000])
+        await wait_for(lambda: applied(pg_engine, first.group), 60, "first rows written")
+        async with RowLock(pg_url, [u for (u, _g) in await table(pg_engine)][:20]) as lock:
+            assert lock.locked > 0
+            await produce(kafka_bootstrap, records[3_000:])
+
+            async def waiting_on_the_lock() -> bool:
+                return (first.metric("challenge_event_handler_flush_retries_total") or 0) > 0
+
+            await wait_for(waiting_on_the_lock, 60, "a flush waiting on the held rows")
+            async with pg_engine.begin() as conn:
+                await conn.execute(text(FAIL_POSITIONS))
+
+        async def exited() -> bool:
+            return not first.running()
+
+        await wait_for(exited, 120, "worker gave up the flush and exited")
+        assert first.proc is not None and first.proc.returncode == 70, first.tail()
+        await committed_within_stored(kafka_bootstrap, pg_engine, ns, first.group)
+    finally:
+        first.kill()
+        async with pg_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "ALTER TABLE challenge_consumer_offsets DROP CONSTRAINT IF EXISTS fail_positions"
+                )
+            )
+    second = Worker(pg_url, kafka_bootstrap, ns, config, tmp_path / "w2.log").start()
+    try:
+        await settle(kafka_bootstrap, pg_engine, ns, [second])
+        assert await table(pg_engine) == expected.rows()
+        await committed_within_stored(kafka_bootstrap, pg_engine, ns, first.group)
     finally:
         second.terminate()
