@@ -107,6 +107,7 @@ class WriteResult:
     rows: int = 0  # deltas offered
     updated: int = 0
     inserted: int = 0
+    completions: int = 0  # goal-completed outbox rows written (docs/completions.md)
     missing: int = 0  # ASSIGNMENT_MODE=required: no row to update
     duplicates: int = 0  # events already applied by an earlier flush (event-id claim)
     statements: int = 0  # merge statements
@@ -122,6 +123,7 @@ class WriteResult:
         self.rows += other.rows
         self.updated += other.updated
         self.inserted += other.inserted
+        self.completions += other.completions
         self.missing += other.missing
         self.duplicates += other.duplicates
         self.statements += other.statements
@@ -186,6 +188,8 @@ def _tally(
             result.updated += int(user_id)
         elif tag == "I":
             result.inserted += int(user_id)
+        elif tag == "C":
+            result.completions += int(user_id)
         elif tag == "m":
             result.missing += 1
         elif tag == "c":
@@ -595,6 +599,11 @@ class Writer:
         params = sqlite_params(chunk)
         statements = self.statements
         assert statements.update is not None and statements.marks is not None
+        if statements.completions is not None:  # the outbox first: from the rows as they were
+            result.completions += len(
+                (await conn.execute(_clause(statements.completions), params)).all()
+            )
+            result.statements += 1
         result.updated += len((await conn.execute(_clause(statements.update), params)).all())
         result.statements += 1
         if statements.insert is not None:
