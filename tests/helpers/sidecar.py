@@ -12,7 +12,7 @@ before answering (e.g. kill -9 the publishing process after its publish, before 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,7 +45,7 @@ class SidecarStandIn(pb.publisher_grpc.AsyncMessagingPublisherServiceServicer): 
     def __init__(self, port: int | None = None):
         self.port = port or free_port()
         self.received: list[Received] = []
-        # called with each request before it is answered; may raise to refuse it
+        # called with each request once recorded, before it is answered
         self.on_receive: Callable[[Any], None] | None = None
         self._server: grpc.aio.Server | None = None
 
@@ -54,8 +54,6 @@ class SidecarStandIn(pb.publisher_grpc.AsyncMessagingPublisherServiceServicer): 
         return "127.0.0.1", self.port
 
     async def PublishMessage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - the proto's name
-        if self.on_receive is not None:
-            self.on_receive(request)
         self.received.append(
             Received(
                 orjson.loads(request.body),
@@ -65,6 +63,8 @@ class SidecarStandIn(pb.publisher_grpc.AsyncMessagingPublisherServiceServicer): 
                 now_utc(),
             )
         )
+        if self.on_receive is not None:  # the message has arrived; the answer has not
+            self.on_receive(request)
         return empty_pb2.Empty()
 
     async def start(self) -> SidecarStandIn:
@@ -84,5 +84,12 @@ class SidecarStandIn(pb.publisher_grpc.AsyncMessagingPublisherServiceServicer): 
     def running(self) -> bool:
         return self._server is not None
 
-    def ids(self) -> list[str]:
-        return [r.id for r in self.received]
+    def ids(self, users: Collection[str] | None = None) -> list[str]:
+        """Ids in arrival order (only those of `users`: tests share one database, and a
+        publisher sends whatever earlier tests left unpublished)."""
+        return [r.id for r in self.of(users)]
+
+    def of(self, users: Collection[str] | None = None) -> list[Received]:
+        if users is None:
+            return list(self.received)
+        return [r for r in self.received if r.body.get("userId") in users]
