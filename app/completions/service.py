@@ -61,7 +61,8 @@ class CompletionPublishing:
         if not sinks or self.publisher is not None:
             return
         settings = self.settings
-        engine = make_engine(settings.database_url, pool_size=len(sinks) + 2)
+        # per sink: its lease session and a connection for reads and marks; one for gauges
+        engine = make_engine(settings.database_url, pool_size=2 * len(sinks) + 1)
         self.publisher = Publisher(
             engine,
             sinks,
