@@ -7,6 +7,12 @@ flight). Every acknowledged event is checked against the table after each run.
       --database-url postgresql://postgres:postgres@127.0.0.1:5432/postgres \\
       --rates 250,500,1000 --duration 20 --concurrency 500
 
+`--completions` also publishes goal-completed events to a stand-in of the Extend Async
+Messaging sidecar (tests/helpers/sidecar.py, a gRPC server on the sidecar's real proto,
+in a thread of this process): each run then reports how many completions were written
+and received, and the publish lag from a completion's `created_at` to its arrival at the
+stand-in (p50/p99/max), most meaningful at a fixed rate.
+
 Writes JSON (date, machine, versions, every run) and a PNG of latency percentiles
 against offered rate. Needs Go (to build the client) and matplotlib (`pip install
 .[bench]`) for the plot. The table is re-seeded before each run: 10,000 users x the 12
@@ -26,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -41,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.core.settings import async_database_url  # noqa: E402
 from tables.migrate import upgrade  # noqa: E402
+from tests.helpers.sidecar import SidecarStandIn  # noqa: E402
 
 CONFIG = ROOT / "bench" / "challenges.json"
 LOADGEN = ROOT / "bench" / ".bin" / "loadgen"
@@ -107,7 +115,7 @@ async def prepare(url: str, users: int) -> None:
     try:
         await conn.execute(
             "TRUNCATE user_goal_progress, challenge_processed_events, challenge_daily_marks, "
-            "challenge_dead_letters"
+            "challenge_dead_letters, challenge_goal_completions, challenge_completion_deliveries"
         )
         await conn.execute(
             "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace) "
@@ -185,6 +193,80 @@ async def verify(url: str, acked_path: Path, errors: int) -> dict[str, Any]:
         "rows_short_of_acked": lost,  # an acknowledged update missing: must be 0
         "rows_beyond_acked": extra,  # written though not acknowledged: only with errors
         "exact": lost == 0 and (extra == 0 or errors > 0),
+    }
+
+
+# ------------------------------------------------------------------ completions
+
+
+class StandInSidecar:
+    """The sidecar stand-in on its own event loop in a thread (this script is sync)."""
+
+    def __init__(self) -> None:
+        self.sidecar = SidecarStandIn()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.sidecar.start(), self.loop).result(30)
+
+    def env(self) -> dict[str, str]:
+        host, port = self.sidecar.target
+        return {
+            "COMPLETION_SINKS": "async-messaging",
+            "ASYNC_MESSAGING_PUBLISHER_GRPC_HOST": host,
+            "ASYNC_MESSAGING_PUBLISHER_GRPC_PORT": str(port),
+        }
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.sidecar.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def with_sidecar(args: argparse.Namespace, extra: dict[str, str]) -> dict[str, str]:
+    """--completions: start the stand-in; serve's extra environment points at it."""
+    args.sidecar = StandInSidecar() if args.completions else None
+    return extra if args.sidecar is None else {**args.sidecar.env(), **extra}
+
+
+def stop_sidecar(args: argparse.Namespace) -> None:
+    if args.sidecar is not None:
+        args.sidecar.stop()
+
+
+async def publish_lag(url: str, sidecar: Any, timeout: float = 120) -> dict[str, Any]:
+    """Once the outbox has drained: completions written, received, and the lag from
+    `created_at` to the first arrival at the stand-in."""
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval(
+            "SELECT count(*) FROM challenge_goal_completions WHERE published_at IS NULL"
+        ):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        created = {
+            str(r["id"]): r["created_at"]
+            for r in await conn.fetch("SELECT id, created_at FROM challenge_goal_completions")
+        }
+    finally:
+        await conn.close()
+    first: dict[str, datetime] = {}
+    for received in list(sidecar.received):
+        first.setdefault(received.id, received.at)
+    lags = sorted(
+        (at - created[i]).total_seconds() * 1000 for i, at in first.items() if i in created
+    )
+
+    def pct(q: float) -> float | None:
+        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 2) if lags else None
+
+    return {
+        "written": len(created),
+        "received": len(sidecar.received),
+        "distinct_received": len(first),
+        "all_delivered": set(created) <= set(first),
+        "lag_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": lags[-1] if lags else None},
     }
 
 
@@ -302,8 +384,11 @@ def loadgen(target: Target, mode: str, value: float, args: argparse.Namespace, a
 def one_run(
     target: Target, mode: str, value: float, args: argparse.Namespace, url: str, work: Path
 ) -> dict[str, Any]:
+    sidecar = getattr(args, "sidecar", None)
     if target.app:
         asyncio.run(prepare(url, args.users))
+        if sidecar is not None:
+            sidecar.sidecar.received.clear()
     acked = work / f"{target.name}-{mode}-{int(value)}.acked"
     before_cpu, before_pg = target.cpu(), postgres_cpu(args.pg_data)
     before_db = asyncio.run(database_counters(url)) if target.app else {}
@@ -337,6 +422,8 @@ def one_run(
         run["rows_carried"] = int(delta("challenge_event_handler_rows_carried_total"))
         errors = summary["sent"] - summary["ok"]
         run["verify"] = asyncio.run(verify(url, acked, errors))
+        if sidecar is not None:
+            run["completions"] = asyncio.run(publish_lag(url, sidecar.sidecar))
     acked.unlink(missing_ok=True)
     return run
 
@@ -516,6 +603,11 @@ def main() -> None:
     parser.add_argument(
         "--lock-scenario", action="store_true", help="also the held-row scenario (durable)"
     )
+    parser.add_argument(
+        "--completions",
+        action="store_true",
+        help="publish goal-completed events to the sidecar stand-in; report the publish lag",
+    )
     services = os.environ.get("SERVICES_DIR", str(Path.home() / ".cache" / "challenge-services"))
     parser.add_argument("--pg-data", type=Path, default=Path(services) / "pg" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpc_load.json")
@@ -540,7 +632,7 @@ def main() -> None:
     asyncio.run(create())
     upgrade(async_database_url("DATABASE_URL", url))
     asyncio.run(prepare(url, args.users))
-    extra = dict(item.split("=", 1) for item in args.env)
+    extra = with_sidecar(args, dict(item.split("=", 1) for item in args.env))
     serve_env = {
         "DATABASE_URL": url,
         "AB_NAMESPACE": "mygame",
@@ -588,6 +680,12 @@ def main() -> None:
                         f"  stmts/ev {run['flush_statements_per_event']} exact {run['verify']['exact']}"
                         if "verify" in run
                         else ""
+                    )
+                    + (
+                        f"  completions {run['completions']['written']} publish lag "
+                        f"p99 {run['completions']['lag_ms']['p99']} ms"
+                        if "completions" in run
+                        else ""
                     ),
                     flush=True,
                 )
@@ -601,6 +699,7 @@ def main() -> None:
                 )
         finally:
             results.setdefault("exit_codes", {})[name] = target.stop()
+    stop_sidecar(args)
     maxes: dict[str, list[float]] = defaultdict(list)
     for run in results["runs"]:
         if run["mode"] == "max":

@@ -30,6 +30,11 @@ time from process start is reported beside it. Lag (events not yet applied, read
 sampled every 0.25 s and plotted. `--repeat N` runs the plan N times, interleaved, and
 reports the median run of each (all rates kept in the JSON).
 
+`--completions` runs the workers with COMPLETION_SINKS=kafka: each worker run then waits
+for the goal-completed outbox to drain, reads `<namespace>.challenge.v1.goalCompleted`
+back and reports completions written and consumed and the lag from a completion's
+`created_at` to its record's timestamp (set by the producer when it sends).
+
 Usage (PYTHONPATH=. so this checkout's code is imported, not another editable install):
   PYTHONPATH=. .venv/bin/python bench/kafka_bench.py --database-url postgresql://postgres:postgres@127.0.0.1:5432/x \
       --bootstrap 127.0.0.1:9092 [--events 100000] [--out bench/results]
@@ -225,7 +230,8 @@ async def reset(engine: Any) -> None:
         await conn.execute(
             text(
                 "TRUNCATE user_goal_progress, challenge_daily_marks, challenge_consumer_offsets, "
-                "challenge_processed_events, challenge_dead_letters"
+                "challenge_processed_events, challenge_dead_letters, "
+                "challenge_goal_completions, challenge_completion_deliveries"
             )
         )
 
@@ -245,6 +251,57 @@ async def applied(engine: Any, group: str, topics: Topics) -> int:
             )
         ).scalar()
     return int(total or 0)
+
+
+async def completion_stats(
+    engine: Any, bootstrap: str, topic: str, timeout: float = 120
+) -> dict[str, Any]:
+    """--completions: once the outbox has drained, the completions written and the
+    records on their topic, and the lag from `created_at` to the record's timestamp."""
+    deadline = time.monotonic() + timeout
+    async with engine.connect() as conn:
+        while (
+            await conn.execute(
+                text("SELECT count(*) FROM challenge_goal_completions WHERE published_at IS NULL")
+            )
+        ).scalar() and time.monotonic() < deadline:
+            await conn.commit()
+            await asyncio.sleep(0.2)
+        created = {
+            str(r.id): r.created_at
+            for r in await conn.execute(
+                text("SELECT id, created_at FROM challenge_goal_completions")
+            )
+        }
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    first: dict[str, int] = {}
+    consumed = 0
+    try:
+        while consumed < len(created) and time.monotonic() < deadline + 30:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    consumed += 1
+                    first.setdefault(orjson.loads(record.value)["id"], record.timestamp)
+    finally:
+        await consumer.stop()
+    lags = sorted(
+        ms - created[i].replace(tzinfo=UTC).timestamp() * 1000
+        for i, ms in first.items()
+        if i in created
+    )
+
+    def pct(q: float) -> float | None:
+        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 1) if lags else None
+
+    return {
+        "written": len(created),
+        "consumed": consumed,
+        "all_delivered": set(created) <= set(first),
+        "lag_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+    }
 
 
 # ------------------------------------------------------------------ the runs
@@ -391,6 +448,7 @@ async def workers(
     ]
     samples: list[tuple[float, int]] = []
     killed_at: float | None = None
+    completions: dict[str, Any] | None = None
     try:
         while not all(ready(p) for p in ports):
             for p in procs:
@@ -413,6 +471,10 @@ async def workers(
                 killed_at = now
                 procs[0] = start_worker(envs[0], ports[0], logdir / f"{name}-0.log")
             if done >= total:
+                if "COMPLETION_SINKS" in base_env:  # the workers still run: they publish
+                    completions = await completion_stats(
+                        engine, stream.bootstrap, f"{ns}.challenge.v1.goalCompleted"
+                    )
                 break
             for p in procs:
                 if p.poll() is not None:
@@ -444,6 +506,7 @@ async def workers(
         "events_per_s": round(left_at_produced / settled) if settled > 0 else None,
         "killed_at_s": killed_at,
         "check": check,
+        "completions": completions,
         "lag": samples,
     }
 
@@ -492,6 +555,11 @@ async def main() -> None:
         "--repeat", type=int, default=1, help="run the plan this many times; medians reported"
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--completions",
+        action="store_true",
+        help="workers publish goal-completed events to Kafka; report count and lag",
+    )
     parser.add_argument(
         "--app-root", help="run the workers from this checkout instead (compare versions)"
     )
@@ -558,6 +626,7 @@ async def main() -> None:
         "BUFFER_FLUSH_INTERVAL": args.flush_interval,
         "BUFFER_MAX_SIZE": args.buffer_max_size,
         "LOG_LEVEL": "warning",
+        **({"COMPLETION_SINKS": "kafka"} if args.completions else {}),
     }
     try:
         plan = [
@@ -622,6 +691,9 @@ async def main() -> None:
                 every.setdefault(label, []).append(result)
                 check = result.get("check", {})
                 exact = "" if not check else f"  rows exact: {check['exact']} ({check['rows']:,})"
+                if result.get("completions"):
+                    done_ = result["completions"]
+                    exact += f"  completions {done_['written']} p99 lag {done_['lag_ms']['p99']} ms"
                 print(f"{label:28s} {result['events_per_s']:>9,} events/s{exact}", flush=True)
         for label, done in every.items():
             ranked = sorted(done, key=lambda r: r["events_per_s"])

@@ -30,7 +30,9 @@ STAMP = GEN_DIR / ".stamp"
 LOGIN_PROTO = "accelbyte/iam/account/v1/account.proto"
 STAT_PROTO = "accelbyte/social/statistic/v1/statistic.proto"
 GDPR_PROTO = "accelbyte/iam/account/v1/gdpr.proto"
-PROTO_FILES = (LOGIN_PROTO, STAT_PROTO, GDPR_PROTO)
+# the Extend Async Messaging publisher sidecar (goal-completed events go out through it)
+PUBLISHER_PROTO = "accelbyte/extend/async_messaging/publisher_service.proto"
+PROTO_FILES = (LOGIN_PROTO, STAT_PROTO, GDPR_PROTO, PUBLISHER_PROTO)
 
 
 class ProtoBuildError(RuntimeError):
@@ -110,6 +112,8 @@ class Protos:
     stat_grpc: ModuleType
     gdpr_pb2: ModuleType
     gdpr_grpc: ModuleType
+    publisher_pb2: ModuleType
+    publisher_grpc: ModuleType
 
 
 _loaded: Protos | None = None
@@ -134,5 +138,7 @@ def load() -> Protos:
             stat_grpc=importlib.import_module(_module_name(STAT_PROTO, "_pb2_grpc")),
             gdpr_pb2=importlib.import_module(_module_name(GDPR_PROTO, "_pb2")),
             gdpr_grpc=importlib.import_module(_module_name(GDPR_PROTO, "_pb2_grpc")),
+            publisher_pb2=importlib.import_module(_module_name(PUBLISHER_PROTO, "_pb2")),
+            publisher_grpc=importlib.import_module(_module_name(PUBLISHER_PROTO, "_pb2_grpc")),
         )
     return _loaded

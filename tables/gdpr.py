@@ -4,7 +4,9 @@ Deleted in one transaction, before the caller acknowledges (gRPC answers OK, Kaf
 the record so its offset can be committed):
 - `user_goal_progress`: the user's rows in the deployment's namespace;
 - `challenge_daily_marks`: the user's increment+daily marks;
-- `challenge_dead_letters`: the user's dead-lettered rows (they hold the buffered update).
+- `challenge_dead_letters`: the user's dead-lettered rows (they hold the buffered update);
+- `challenge_goal_completions` and `challenge_completion_deliveries`: the user's
+  goal-completed events, published or not (an unpublished one is never sent).
 Not touched: `challenge_processed_events` (opaque event ids with an expiry, no user id;
 gone within DEDUP_WINDOW) and `challenge_consumer_offsets` (no user data).
 
@@ -32,12 +34,18 @@ import time
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter
-from sqlalchemy import Delete, delete
+from sqlalchemy import Delete, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.observability.metrics import PREFIX
 from tables.flusher import Flusher
-from tables.schema import challenge_daily_marks, challenge_dead_letters, user_goal_progress
+from tables.schema import (
+    challenge_completion_deliveries,
+    challenge_daily_marks,
+    challenge_dead_letters,
+    challenge_goal_completions,
+    user_goal_progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +93,23 @@ def _statements(user_id: str, namespace: str) -> list[tuple[str, Delete]]:
         (
             "challenge_dead_letters",
             delete(challenge_dead_letters).where(challenge_dead_letters.c.user_id == user_id),
+        ),
+        # goal-completed events, published or not, and their delivery marks
+        (
+            "challenge_completion_deliveries",
+            delete(challenge_completion_deliveries).where(
+                challenge_completion_deliveries.c.completion_id.in_(
+                    select(challenge_goal_completions.c.id).where(
+                        challenge_goal_completions.c.user_id == user_id
+                    )
+                )
+            ),
+        ),
+        (
+            "challenge_goal_completions",
+            delete(challenge_goal_completions).where(
+                challenge_goal_completions.c.user_id == user_id
+            ),
         ),
     ]
 

@@ -154,6 +154,11 @@ class MergeRunner:
         params = sqlite_params(chunk)
         statements = self.statements
         assert statements.update is not None and statements.marks is not None
+        if statements.completions is not None:  # the outbox first: from the rows as they were
+            result.completions += len(
+                (await conn.execute(_clause(statements.completions), params)).all()
+            )
+            result.statements += 1
         result.updated += len((await conn.execute(_clause(statements.update), params)).all())
         result.statements += 1
         if statements.insert is not None:

@@ -367,6 +367,179 @@ def _owners(d: Dialect) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _Chain:
+    """What the stages of one statement form share: the dialect, the relation the rows
+    come from, and the SQL for "held" and "fresh" in that form."""
+
+    d: Dialect
+    held: str
+    rows: str
+    probe: str
+    fresh: str
+    optimistic: bool
+
+
+def _chain(d: Dialect, whole_users: bool, optimistic: bool) -> _Chain:
+    held, rows, probe = d.held(), "locked", d.held_probe()
+    if whole_users:
+        held, rows, probe = "k.user_held", "owners", ""
+    fresh = f"k.found IS NOT TRUE AND NOT {held}"
+    if optimistic:
+        held, probe, fresh = "FALSE", "", "k.found IS NOT TRUE"
+    return _Chain(d, held, rows, probe, fresh, optimistic)
+
+
+def _paired(c: _Chain) -> str:
+    return (
+        "SELECT k.*,\n"
+        f"           {c.held} AS held,\n"
+        f"           {c.fresh} AS fresh,\n"
+        "           COALESCE(k.row_progress, 0) AS old_progress,\n"
+        f"           COALESCE(k.row_status, '{NOT_STARTED}') AS old_status,\n"
+        "           k.row_completed_at AS old_completed_at,\n"
+        "           k.row_claimed_at AS old_claimed_at,\n"
+        "           k.row_updated_at AS old_updated_at,\n"
+        "           COALESCE(k.row_is_active, TRUE) AS is_active,\n"
+        "           k.row_expires_at AS old_expires_at,\n"
+        "           k.row_baseline_value AS old_baseline,\n"
+        "           m.day AS counted_day\n"
+        f"    FROM {c.rows} AS k{c.d.mark()}{c.probe}"
+    )
+
+
+def _periods(c: _Chain) -> str:
+    return (
+        "SELECT p.*,\n"
+        f"           (old_status = '{CLAIMED}' OR old_claimed_at IS NOT NULL) AS claimed,\n"
+        "           (rotating = 1 AND NOT fresh AND CASE\n"
+        "               WHEN old_expires_at IS NOT NULL THEN first_time >= old_expires_at\n"
+        "               ELSE old_updated_at < period_start END) AS new_period,\n"
+        "           (rotating = 1 AND NOT fresh AND CASE\n"
+        "               WHEN old_expires_at IS NOT NULL THEN period_end < old_expires_at\n"
+        "               ELSE old_updated_at >= period_end END) AS stale,\n"
+        f"           (family = {DAILY} AND (old_completed_at IS NULL\n"
+        "               OR old_completed_at < period_start)) AS new_day\n"
+        "    FROM paired AS p"
+    )
+
+
+def _guards(c: _Chain) -> str:
+    return (
+        "SELECT p.*,\n"
+        "           (claimed AND (new_day OR (new_period AND reselect = 1))) AS reopen,\n"
+        "           (rotating = 1 AND reset_progress = 1 AND (fresh OR new_period)) AS restart\n"
+        "    FROM periods AS p"
+    )
+
+
+def _levels(c: _Chain) -> str:
+    return (
+        "SELECT g.*,\n"
+        f"           CASE family WHEN {SET} THEN value WHEN {DAILY} THEN 1\n"
+        f"               ELSE {c.d.capped_sum('old_progress', 'amount')} END AS new_progress,\n"
+        f"           CASE family WHEN {SET} THEN COALESCE(first_base, 0) WHEN {DAILY} THEN 0\n"
+        "               ELSE old_progress END AS first_base_value,\n"
+        f"           CASE WHEN family IN ({SET}, {DAILY}) THEN 0\n"
+        "               ELSE old_progress END AS base_level\n"
+        "    FROM guards AS g\n"
+        "    WHERE NOT held AND is_active AND NOT stale\n"
+        f"      AND (family <> {DAILY} OR new_day)\n"
+        "      AND (NOT claimed OR reopen)\n"
+        f"      AND (family <> {COUNTER_DAILY} OR fresh\n"
+        "           OR counted_day IS NULL OR counted_day < period_start)"
+    )
+
+
+def _baselines(c: _Chain) -> str:
+    return (
+        "SELECT v.*,\n"
+        "           CASE WHEN relative = 1 AND (restart OR old_baseline IS NULL)\n"
+        "               THEN first_base_value ELSE old_baseline END AS new_baseline\n"
+        "    FROM levels AS v"
+    )
+
+
+def _targets(c: _Chain) -> str:
+    # 64-bit: target + a baseline near INT_MAX must not overflow the INT columns
+    return (
+        "SELECT b.*,\n"
+        "           CASE WHEN relative = 1 THEN "
+        + c.d.bigint("COALESCE(new_baseline, 0)")
+        + " ELSE 0 END\n"
+        "               AS progress_offset\n"
+        "    FROM baselines AS b"
+    )
+
+
+def _reached(c: _Chain) -> str:
+    return (
+        "SELECT b.*,\n"
+        "           CASE WHEN top_level >= target + progress_offset - base_level\n"
+        "               THEN "
+        + c.d.first_step_time("b.target + b.progress_offset - b.base_level")
+        + "\n           END AS step_time\n"
+        "    FROM targets AS b"
+    )
+
+
+def _outcome(c: _Chain) -> str:
+    return (
+        "SELECT r.*,\n"
+        "           (new_progress - progress_offset >= target OR step_time IS NOT NULL)"
+        " AS completes,\n"
+        "           COALESCE(step_time, CASE WHEN family = "
+        f"{COUNTER_DAILY} THEN first_time ELSE last_time END)\n"
+        "               AS completion_time,\n"
+        f"           (old_status IN ('{COMPLETED}', '{CLAIMED}') AND NOT restart)"
+        " AS keep_completed\n"
+        "    FROM reached AS r"
+    )
+
+
+def _merged(c: _Chain) -> str:
+    """The new row, and whether writing it is a completion (the outbox's row): a daily
+    goal's row is written only on a new day; otherwise the row completes now and its
+    status was not kept (a claimed or already completed row, same period, never)."""
+    return (
+        "SELECT user_id, goal_id, challenge_id, namespace, family, fresh, is_active,\n"
+        + ("           row_ctid, row_xmin,\n" if c.optimistic else "")
+        + "           new_progress,\n"
+        f"           CASE WHEN family = {DAILY} OR keep_completed OR completes\n"
+        f"               THEN '{COMPLETED}' ELSE '{IN_PROGRESS}' END AS new_status,\n"
+        f"           CASE WHEN family = {DAILY} THEN first_time\n"
+        "               WHEN keep_completed THEN COALESCE(old_completed_at, completion_time)\n"
+        "               WHEN completes THEN completion_time\n"
+        "               WHEN restart THEN NULL\n"
+        "               ELSE old_completed_at END AS new_completed_at,\n"
+        "           CASE WHEN reopen THEN NULL ELSE old_claimed_at END AS new_claimed_at,\n"
+        "           CASE WHEN rotating = 1 THEN period_end ELSE old_expires_at END"
+        " AS new_expires_at,\n"
+        "           new_baseline,\n"
+        f"           (family = {DAILY} OR (completes AND NOT keep_completed)) AS new_completion,\n"
+        f"           CASE WHEN rotating = 1 OR family = {DAILY} THEN period_start END"
+        " AS completion_start,\n"
+        f"           CASE WHEN rotating = 1 OR family = {DAILY} THEN period_end END"
+        " AS completion_end\n"
+        "    FROM outcome"
+    )
+
+
+# The rule stages after the source and its rows, in order; each reads the one before.
+# MATERIALIZED: computed once although later steps read them several times.
+_RULE_STAGES: tuple[tuple[str, Callable[[_Chain], str]], ...] = (
+    ("paired", _paired),
+    ("periods", _periods),
+    ("guards", _guards),
+    ("levels", _levels),
+    ("baselines", _baselines),
+    ("targets", _targets),
+    ("MATERIALIZED reached", _reached),
+    ("outcome", _outcome),
+    ("MATERIALIZED merged", _merged),
+)
+
+
 def _stages(
     d: Dialect, whole_users: bool = False, optimistic: bool = False
 ) -> list[tuple[str, str]]:
@@ -374,128 +547,13 @@ def _stages(
 
     `whole_users` (PostgreSQL): `held` marks every row of a user with a held row.
     `optimistic` (PostgreSQL): rows read unlocked, with their ctid; nothing is held."""
-    materialized = "MATERIALIZED "
-    held, rows, probe = d.held(), "locked", d.held_probe()
-    owners: list[tuple[str, str]] = []
-    if whole_users:
-        held, rows, probe = "k.user_held", "owners", ""
-        owners = [("owners", _owners(d))]
-    fresh = f"k.found IS NOT TRUE AND NOT {held}"
-    if optimistic:
-        held, probe, fresh = "FALSE", "", "k.found IS NOT TRUE"
+    chain = _chain(d, whole_users, optimistic)
+    owners = [("owners", _owners(d))] if whole_users else []
     return [
         ("delta", d.source()),
         ("locked", d.locked(optimistic)),
         *owners,
-        (
-            "paired",
-            "SELECT k.*,\n"
-            f"           {held} AS held,\n"
-            f"           {fresh} AS fresh,\n"
-            "           COALESCE(k.row_progress, 0) AS old_progress,\n"
-            f"           COALESCE(k.row_status, '{NOT_STARTED}') AS old_status,\n"
-            "           k.row_completed_at AS old_completed_at,\n"
-            "           k.row_claimed_at AS old_claimed_at,\n"
-            "           k.row_updated_at AS old_updated_at,\n"
-            "           COALESCE(k.row_is_active, TRUE) AS is_active,\n"
-            "           k.row_expires_at AS old_expires_at,\n"
-            "           k.row_baseline_value AS old_baseline,\n"
-            "           m.day AS counted_day\n"
-            f"    FROM {rows} AS k{d.mark()}{probe}",
-        ),
-        (
-            "periods",
-            "SELECT p.*,\n"
-            f"           (old_status = '{CLAIMED}' OR old_claimed_at IS NOT NULL) AS claimed,\n"
-            "           (rotating = 1 AND NOT fresh AND CASE\n"
-            "               WHEN old_expires_at IS NOT NULL THEN first_time >= old_expires_at\n"
-            "               ELSE old_updated_at < period_start END) AS new_period,\n"
-            "           (rotating = 1 AND NOT fresh AND CASE\n"
-            "               WHEN old_expires_at IS NOT NULL THEN period_end < old_expires_at\n"
-            "               ELSE old_updated_at >= period_end END) AS stale,\n"
-            f"           (family = {DAILY} AND (old_completed_at IS NULL\n"
-            "               OR old_completed_at < period_start)) AS new_day\n"
-            "    FROM paired AS p",
-        ),
-        (
-            "guards",
-            "SELECT p.*,\n"
-            "           (claimed AND (new_day OR (new_period AND reselect = 1))) AS reopen,\n"
-            "           (rotating = 1 AND reset_progress = 1 AND (fresh OR new_period)) AS restart\n"
-            "    FROM periods AS p",
-        ),
-        (
-            "levels",
-            "SELECT g.*,\n"
-            f"           CASE family WHEN {SET} THEN value WHEN {DAILY} THEN 1\n"
-            f"               ELSE {d.capped_sum('old_progress', 'amount')} END AS new_progress,\n"
-            f"           CASE family WHEN {SET} THEN COALESCE(first_base, 0) WHEN {DAILY} THEN 0\n"
-            "               ELSE old_progress END AS first_base_value,\n"
-            f"           CASE WHEN family IN ({SET}, {DAILY}) THEN 0\n"
-            "               ELSE old_progress END AS base_level\n"
-            "    FROM guards AS g\n"
-            "    WHERE NOT held AND is_active AND NOT stale\n"
-            f"      AND (family <> {DAILY} OR new_day)\n"
-            "      AND (NOT claimed OR reopen)\n"
-            f"      AND (family <> {COUNTER_DAILY} OR fresh\n"
-            "           OR counted_day IS NULL OR counted_day < period_start)",
-        ),
-        (
-            "baselines",
-            "SELECT v.*,\n"
-            "           CASE WHEN relative = 1 AND (restart OR old_baseline IS NULL)\n"
-            "               THEN first_base_value ELSE old_baseline END AS new_baseline\n"
-            "    FROM levels AS v",
-        ),
-        (
-            "targets",
-            # 64-bit: target + a baseline near INT_MAX must not overflow the INT columns
-            "SELECT b.*,\n"
-            "           CASE WHEN relative = 1 THEN "
-            + d.bigint("COALESCE(new_baseline, 0)")
-            + " ELSE 0 END\n"
-            "               AS progress_offset\n"
-            "    FROM baselines AS b",
-        ),
-        (
-            materialized + "reached",
-            "SELECT b.*,\n"
-            "           CASE WHEN top_level >= target + progress_offset - base_level\n"
-            "               THEN "
-            + d.first_step_time("b.target + b.progress_offset - b.base_level")
-            + "\n           END AS step_time\n"
-            "    FROM targets AS b",
-        ),
-        (
-            "outcome",
-            "SELECT r.*,\n"
-            "           (new_progress - progress_offset >= target OR step_time IS NOT NULL)"
-            " AS completes,\n"
-            "           COALESCE(step_time, CASE WHEN family = "
-            f"{COUNTER_DAILY} THEN first_time ELSE last_time END)\n"
-            "               AS completion_time,\n"
-            f"           (old_status IN ('{COMPLETED}', '{CLAIMED}') AND NOT restart)"
-            " AS keep_completed\n"
-            "    FROM reached AS r",
-        ),
-        (
-            materialized + "merged",
-            "SELECT user_id, goal_id, challenge_id, namespace, family, fresh, is_active,\n"
-            + ("           row_ctid, row_xmin,\n" if optimistic else "")
-            + "           new_progress,\n"
-            f"           CASE WHEN family = {DAILY} OR keep_completed OR completes\n"
-            f"               THEN '{COMPLETED}' ELSE '{IN_PROGRESS}' END AS new_status,\n"
-            f"           CASE WHEN family = {DAILY} THEN first_time\n"
-            "               WHEN keep_completed THEN COALESCE(old_completed_at, completion_time)\n"
-            "               WHEN completes THEN completion_time\n"
-            "               WHEN restart THEN NULL\n"
-            "               ELSE old_completed_at END AS new_completed_at,\n"
-            "           CASE WHEN reopen THEN NULL ELSE old_claimed_at END AS new_claimed_at,\n"
-            "           CASE WHEN rotating = 1 THEN period_end ELSE old_expires_at END"
-            " AS new_expires_at,\n"
-            "           new_baseline\n"
-            "    FROM outcome",
-        ),
+        *((name, build(chain)) for name, build in _RULE_STAGES),
     ]
 
 
@@ -575,6 +633,24 @@ def _marks(auto: bool, inserted: str, changed: str = "") -> str:
     )
 
 
+def _completions(d: Dialect, written: str) -> str:
+    """The goal-completed outbox rows of this write (docs/completions.md): one per row
+    that completes now, `written` saying the row really was written. A completion of
+    the same (user, goal, period) already there (a replay, a redelivery, a row rebuilt)
+    adds nothing: the unique index and DO NOTHING keep one row, with its first id."""
+    return (
+        "INSERT INTO challenge_goal_completions (namespace, user_id, challenge_id, goal_id,\n"
+        "        completed_at, period_start, period_end, created_at)\n"
+        "    SELECT n.namespace, n.user_id, n.challenge_id, n.goal_id,\n"
+        f"        n.new_completed_at, n.completion_start, n.completion_end, {d.now()}\n"
+        "    FROM merged AS n\n"
+        f"    WHERE n.new_completion{written}\n"
+        "    ORDER BY n.user_id, n.goal_id\n"
+        "    ON CONFLICT DO NOTHING\n"
+        "    RETURNING id"
+    )
+
+
 @dataclass(frozen=True)
 class MergeStatements:
     """SQL texts for one dialect and assignment mode."""
@@ -584,7 +660,10 @@ class MergeStatements:
     claimed: str | None = None
     # PostgreSQL, the unlocked form of `postgres` (module docstring)
     optimistic: str | None = None
-    update: str | None = None  # SQLite: the three statements, run in order
+    # SQLite: the statements, run in order (the outbox first, from the rows as they
+    # were: the chain is evaluated again by every statement)
+    completions: str | None = None
+    update: str | None = None
     insert: str | None = None
     marks: str | None = None
 
@@ -630,40 +709,59 @@ def _claimed(
     return chain + "\n" + "\nUNION ALL\n".join([*report, verdict])
 
 
+def _optimistic_change() -> tuple[str, str]:
+    """Optimistic form: (every read row updated, the marks' condition that a row was
+    updated or passed the guards). No concurrent writer is the usual case: decided by
+    two counts, so the per-key look-ups run only after a race."""
+    all_updated = "(SELECT count(*) FROM updated) = (SELECT count(*) FROM merged WHERE NOT fresh)"
+    changed = (
+        f"\n        AND ({all_updated}\n"
+        f"            OR EXISTS (SELECT 1 FROM updated AS u WHERE {_key('u', 'p')})\n"
+        f"            OR NOT EXISTS (SELECT 1 FROM merged AS n WHERE {_key('n', 'p')}))"
+    )
+    return all_updated, changed
+
+
+def _auto_writes(d: Dialect) -> tuple[tuple[str, str], list[str], str, str]:
+    """Auto mode: the insert step, its report, the marks' condition for inserted rows,
+    and the one-statement flush's verdict that every fresh key was inserted."""
+    all_inserted = "(SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)"
+    was_inserted = f"EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'p')})"
+    inserted = f"\n        OR (p.fresh AND ({all_inserted}\n            OR {was_inserted}))"
+    report = [
+        "SELECT 'I', CAST(count(*) AS text), NULL FROM inserted",
+        # missing in our snapshot yet not inserted: another writer inserted it
+        f"SELECT 'r', p.user_id, p.goal_id FROM paired AS p\n"
+        f"    WHERE p.fresh AND NOT {all_inserted}\n"
+        f"    AND NOT {was_inserted}",
+    ]
+    return ("inserted", _insert(d)), report, inserted, f"\n        AND {all_inserted}"
+
+
+def _pg_completions(d: Dialect, auto: bool) -> tuple[str, str]:
+    """The outbox step from what was really written (the update's and the insert's
+    RETURNING): a row passed by ('r') or held ('c') never has a completion."""
+    written = f"EXISTS (SELECT 1 FROM updated AS u WHERE {_key('u', 'n')})"
+    if auto:
+        written += f"\n          OR EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'n')})"
+    return "completions", _completions(d, f"\n      AND ({written})")
+
+
 def _written(
     d: Dialect, auto: bool, optimistic: bool
 ) -> tuple[list[tuple[str, str]], list[str], str]:
     """PostgreSQL: the data-modifying steps, the report (without 'c') and, in auto mode,
-    the condition that every fresh key was inserted (the one-statement flush's verdict)."""
+    the condition that every fresh key was inserted (the one-statement flush's verdict).
+    Counts: 'U' updated, 'I' inserted, 'C' completions written to the outbox."""
     writes = [("updated", _update(d, optimistic))]
     report = ["SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated"]
-    changed = sound = ""
-    if optimistic:
-        # Every read row updated (no concurrent writer: the usual case) is decided by two
-        # counts, so the per-key look-ups run only after a race.
-        all_updated = (
-            "(SELECT count(*) FROM updated) = (SELECT count(*) FROM merged WHERE NOT fresh)"
-        )
-        changed = (
-            f"\n        AND ({all_updated}\n"
-            f"            OR EXISTS (SELECT 1 FROM updated AS u WHERE {_key('u', 'p')})\n"
-            f"            OR NOT EXISTS (SELECT 1 FROM merged AS n WHERE {_key('n', 'p')}))"
-        )
+    all_updated, changed = _optimistic_change() if optimistic else ("", "")
+    inserted = sound = ""
     if auto:
-        writes.append(("inserted", _insert(d)))
-        all_inserted = "(SELECT count(*) FROM inserted) = (SELECT count(*) FROM paired WHERE fresh)"
-        was_inserted = f"EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'p')})"
-        inserted = f"\n        OR (p.fresh AND ({all_inserted}\n            OR {was_inserted}))"
-        report += [
-            "SELECT 'I', CAST(count(*) AS text), NULL FROM inserted",
-            # missing in our snapshot yet not inserted: another writer inserted it
-            f"SELECT 'r', p.user_id, p.goal_id FROM paired AS p\n"
-            f"    WHERE p.fresh AND NOT {all_inserted}\n"
-            f"    AND NOT {was_inserted}",
-        ]
-        sound = f"\n        AND {all_inserted}"
+        insert, inserts_report, inserted, sound = _auto_writes(d)
+        writes.append(insert)
+        report += inserts_report
     else:
-        inserted = ""
         report.append("SELECT 'm', user_id, goal_id FROM paired WHERE fresh")
     if optimistic:
         report.append(
@@ -673,20 +771,29 @@ def _written(
             f"    AND NOT EXISTS (SELECT 1 FROM updated AS u WHERE {_key('u', 'n')})"
         )
     writes.append(("marks", _marks(auto, inserted, changed)))
+    writes.append(_pg_completions(d, auto))
+    report.append("SELECT 'C', CAST(count(*) AS text), NULL FROM completions")
     return [(name, _indent(body)) for name, body in writes], report, sound
+
+
+def _sqlite_statements(d: Dialect, auto: bool) -> MergeStatements:
+    """Single writer: every row merged is written (required mode: only existing ones),
+    so the outbox step runs first, from the rows before the update."""
+    chain = _with(_stages(d))
+    return MergeStatements(
+        completions=f"{chain}\n{_completions(d, '' if auto else ' AND NOT n.fresh')}",
+        update=f"{chain}\n{_update(d)}",
+        insert=f"{chain}\n{_insert(d)}" if auto else None,
+        marks=f"{chain}\n{_marks(auto, '')}",
+    )
 
 
 def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements:
     d = Dialect(dialect_name)
     auto = assignment_mode == "auto"
-    stages = _stages(d)
     if not d.pg:
-        chain = _with(stages)
-        return MergeStatements(
-            update=f"{chain}\n{_update(d)}",
-            insert=f"{chain}\n{_insert(d)}" if auto else None,
-            marks=f"{chain}\n{_marks(auto, '')}",
-        )
+        return _sqlite_statements(d, auto)
+    stages = _stages(d)
     written, report, sound = _written(d, auto, optimistic=False)
     report.append("SELECT 'c', user_id, goal_id FROM paired WHERE held")
     fast, fast_report, _ = _written(d, auto, optimistic=True)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -128,3 +129,53 @@ challenge_processed_events = Table(
     PrimaryKeyConstraint("event_id", name="challenge_processed_events_pkey"),
 )
 Index("idx_challenge_processed_events_expires", challenge_processed_events.c.expires_at)
+
+# Goal-completed events (docs/completions.md): the outbox the merge writes in the same
+# statement as the progress that completed, and what each sink has been given.
+# One row per (user, goal, period): a NULL period (a goal that completes once) is one
+# value for the unique index, through COALESCE (works on PostgreSQL and SQLite alike).
+NO_PERIOD = "'1970-01-01 00:00:00'"
+challenge_goal_completions = Table(
+    "challenge_goal_completions",
+    metadata,
+    # BIGINT identity on PostgreSQL, INTEGER PRIMARY KEY (the rowid) on SQLite: the event id
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("namespace", String(100), nullable=False),
+    Column("user_id", String(100), nullable=False),
+    Column("challenge_id", String(100), nullable=False),
+    Column("goal_id", String(100), nullable=False),
+    Column("completed_at", DateTime, nullable=False),  # event time of the completing event
+    Column("period_start", DateTime, nullable=True),  # rotation period / UTC day, else NULL
+    Column("period_end", DateTime, nullable=True),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    Column("published_at", DateTime, nullable=True),  # every configured sink has it
+    # never reuse an id (a deleted last row's id must not name a new event)
+    sqlite_autoincrement=True,
+)
+Index(
+    "ux_challenge_goal_completions_period",
+    challenge_goal_completions.c.user_id,
+    challenge_goal_completions.c.goal_id,
+    text(f"COALESCE(period_start, {NO_PERIOD})"),
+    unique=True,
+)
+# The publisher's scans read only what is not published yet (a few rows, however long
+# the table grows).
+UNPUBLISHED = text("published_at IS NULL")
+Index(
+    "idx_challenge_goal_completions_unpublished",
+    challenge_goal_completions.c.id,
+    postgresql_where=UNPUBLISHED,
+    sqlite_where=UNPUBLISHED,
+)
+
+# Per sink, the completions it has accepted; a completion's `published_at` is set once
+# every configured sink has it. A GDPR erasure deletes these through the completion ids.
+challenge_completion_deliveries = Table(
+    "challenge_completion_deliveries",
+    metadata,
+    Column("completion_id", BigInteger, nullable=False),
+    Column("sink", String(50), nullable=False),
+    Column("published_at", DateTime, nullable=False),
+    PrimaryKeyConstraint("completion_id", "sink", name="challenge_completion_deliveries_pkey"),
+)

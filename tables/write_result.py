@@ -69,6 +69,7 @@ class ReportTag(StrEnum):
 
     UPDATED = "U"  # one row: how many rows were updated (the count in the second column)
     INSERTED = "I"  # one row: how many rows were inserted (likewise)
+    COMPLETIONS = "C"  # one row: how many goal-completed outbox rows were written
     MISSING = "m"  # a key without a row (ASSIGNMENT_MODE=required)
     CARRIED = "c"  # a key held by another transaction: carried to the next flush
     RACED = "r"  # a key another writer inserted or changed meanwhile: merged again
@@ -79,6 +80,7 @@ class WriteResult:
     rows: int = 0  # deltas offered
     updated: int = 0
     inserted: int = 0
+    completions: int = 0  # goal-completed outbox rows written (docs/completions.md)
     missing: int = 0  # ASSIGNMENT_MODE=required: no row to update
     duplicates: int = 0  # events already applied by an earlier flush (event-id claim)
     statements: int = 0  # merge statements
@@ -94,6 +96,7 @@ class WriteResult:
         self.rows += other.rows
         self.updated += other.updated
         self.inserted += other.inserted
+        self.completions += other.completions
         self.missing += other.missing
         self.duplicates += other.duplicates
         self.statements += other.statements
@@ -126,6 +129,8 @@ class WriteResult:
                 self.updated += int(user_or_count)
             elif tag == ReportTag.INSERTED:
                 self.inserted += int(user_or_count)
+            elif tag == ReportTag.COMPLETIONS:
+                self.completions += int(user_or_count)
             elif tag == ReportTag.MISSING:
                 self.missing += 1
             elif tag == ReportTag.CARRIED:

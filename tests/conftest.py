@@ -96,6 +96,8 @@ CLEAN = (
     "DELETE FROM challenge_consumer_offsets",
     "DELETE FROM challenge_dead_letters",
     "DELETE FROM challenge_processed_events",
+    "DELETE FROM challenge_completion_deliveries",
+    "DELETE FROM challenge_goal_completions",
 )
 
 

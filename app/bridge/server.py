@@ -31,6 +31,7 @@ from app.bridge.gdpr import GDPR_SERVICE, add_gdpr_service
 from app.bridge.health import HealthMonitor
 from app.bridge.refusals import RefusalLog
 from app.bridge.shedding import OVERLOADED, Shedder, server_options
+from app.completions.service import CompletionPublishing
 from app.core.challenges import ChallengeConfig
 from app.core.clock import now_utc
 from app.core.events import Event, InvalidEvent
@@ -282,6 +283,8 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
 
     settle_heap()  # start-up done: the collector tuned for what traffic keeps alive
     pipeline.start()
+    completions = CompletionPublishing(settings, lambda: pipeline.config)
+    completions.start()  # goal-completed events: off unless COMPLETION_SINKS is set
     await start_serving(server, monitor, settings, health_engine, stop)
     log.info(
         "gRPC server started",
@@ -307,6 +310,7 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
     margin = min(1.0, grace * 0.1)
     committed = await pipeline.close(timeout=grace - margin - (time.perf_counter() - started))
     await stopping
+    await completions.stop(margin)
     handler.refusals.flush()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(health_engine.dispose(), margin)

@@ -22,6 +22,7 @@ COMMANDS = {
     "db": "app.cli.db",
     "replay": "app.cli.replay",
     "progress": "app.cli.progress",
+    "completions": "app.cli.completions",
     "demo": "app.cli.demo",
     "serve": "app.cli.bridge",
     "send": "app.cli.bridge",

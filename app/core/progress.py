@@ -273,6 +273,89 @@ def _completion_time(delta: Delta, need: int) -> datetime:
     return delta.first_time if delta.family is Family.COUNTER_DAILY else delta.last_time
 
 
+@dataclass(frozen=True, slots=True)
+class Write:
+    """What a flush of one delta does to its row (`row` is the same object when nothing
+    may change). `completes`: the write moves the row into `completed` for the first
+    time in its period — a goal-completed event (docs/completions.md) — never for a
+    claimed or already completed row whose status is kept."""
+
+    row: Row | None
+    completes: bool = False
+
+
+def completion_period(delta: Delta) -> tuple[datetime, datetime] | None:
+    """The period a completion belongs to: the rotation period of a rotating goal, the
+    UTC day of a `daily` goal; None for goals that complete once."""
+    if delta.period_start is None or delta.period_end is None:
+        return None
+    if delta.goal.rotation is None and delta.family is not Family.DAILY:
+        return None
+    return delta.period_start, delta.period_end
+
+
+def _period_flags(current: Row, delta: Delta, fresh: bool, now: datetime) -> tuple[bool, bool]:
+    """(new period, stale) of a rotating goal's row for this delta."""
+    if delta.goal.rotation is None or fresh:
+        return False, False
+    if current.expires_at is not None:
+        return delta.first_time >= current.expires_at, (
+            (delta.period_end or datetime.max) < current.expires_at
+        )
+    reference = current.updated_at or now
+    return reference < (delta.period_start or datetime.min), reference >= (
+        delta.period_end or datetime.max
+    )
+
+
+def _levels(family: Family, current: Row, delta: Delta) -> tuple[int, int, int]:
+    """(new progress, baseline candidate, level the buffered steps start from)."""
+    if family is Family.SET:
+        return delta.value, delta.first_base if delta.first_base is not None else 0, 0
+    if family is Family.DAILY:
+        return 1, 0, 0
+    return min(current.progress + delta.amount, INT_MAX), current.progress, current.progress
+
+
+def _guards(
+    current: Row, delta: Delta, fresh: bool, now: datetime, counted_day: datetime | None
+) -> tuple[bool, bool, bool]:
+    """(the row may not be written, a new rotation period, a claimed row reopens)."""
+    family = delta.family
+    # Period-sensitive families always carry a period; the fallback only satisfies typing.
+    period_start = delta.period_start or datetime.min
+    new_period, stale = _period_flags(current, delta, fresh, now)
+    new_day = family is Family.DAILY and (
+        current.completed_at is None or current.completed_at < period_start
+    )
+    rotation = delta.goal.rotation
+    reopen = _claimed(current) and (
+        new_day or (new_period and rotation is not None and rotation.allow_reselection)
+    )
+    guarded = (
+        stale
+        or (family is Family.DAILY and not new_day)
+        or (_claimed(current) and not reopen)
+        or (
+            family is Family.COUNTER_DAILY
+            and not fresh
+            and (counted_day is not None and counted_day >= period_start)
+        )
+    )
+    return guarded, new_period, reopen
+
+
+def _status(
+    current: Row, delta: Delta, need: int, completes: bool, keep_completed: bool, restart: bool
+) -> tuple[str, datetime | None]:
+    """(status, completed_at) of a non-daily row: completed is sticky unless restarted."""
+    if keep_completed:
+        return COMPLETED, current.completed_at or _completion_time(delta, need)
+    if completes:
+        return COMPLETED, _completion_time(delta, need)
+    return IN_PROGRESS, None if restart else current.completed_at
+
+
 def apply_delta(
     row: Row | None,
     delta: Delta,
@@ -281,68 +364,43 @@ def apply_delta(
     assignment_mode: str = "auto",
     counted_day: datetime | None = None,
 ) -> Row | None:
-    """The row after a flush of `delta` (same row object when nothing may change).
+    """The row after a flush of `delta` (same row object when nothing may change)."""
+    return apply_write(
+        row, delta, now, assignment_mode=assignment_mode, counted_day=counted_day
+    ).row
+
+
+def apply_write(
+    row: Row | None,
+    delta: Delta,
+    now: datetime,
+    *,
+    assignment_mode: str = "auto",
+    counted_day: datetime | None = None,
+) -> Write:
+    """The row after a flush of `delta`, and whether that write is a completion.
 
     `counted_day` is the service's own "last counted day" mark for COUNTER_DAILY goals.
-    This is the executable form of the rules; tables/writer.py expresses the same in SQL.
+    This is the executable form of the rules; tables/merge_sql.py expresses the same in SQL.
     """
     goal = delta.goal
     family = delta.family
     if row is None:
         if assignment_mode != "auto":
-            return None
+            return Write(None)
         current = Row(delta.user_id, goal.goal_id, goal.challenge_id, delta.namespace)
         fresh = True
     else:
         current, fresh = row, False
         if not row.is_active:
-            return row
+            return Write(row)
 
-    # Period-sensitive families always carry a period; the fallbacks only satisfy typing.
-    period_start = delta.period_start or datetime.min
-    period_end = delta.period_end or datetime.max
-    rotating = goal.rotation is not None
-    new_period = stale = False
-    if rotating and not fresh:
-        if current.expires_at is not None:
-            new_period = delta.first_time >= current.expires_at
-            stale = period_end < current.expires_at
-        else:
-            reference = current.updated_at or now
-            new_period = reference < period_start
-            stale = reference >= period_end
-    if stale:
-        return row
-
-    new_day = family is Family.DAILY and (
-        current.completed_at is None or current.completed_at < period_start
-    )
-    if family is Family.DAILY and not new_day:
-        return row
-    reopen = _claimed(current) and (
-        new_day or (new_period and goal.rotation is not None and goal.rotation.allow_reselection)
-    )
-    if _claimed(current) and not reopen:
-        return row
-    if (
-        family is Family.COUNTER_DAILY
-        and not fresh
-        and (counted_day is not None and counted_day >= period_start)
-    ):
-        return row
+    guarded, new_period, reopen = _guards(current, delta, fresh, now, counted_day)
+    if guarded:
+        return Write(row)
 
     restart = goal.rotation is not None and (fresh or new_period) and goal.rotation.reset_progress
-    if family is Family.SET:
-        progress = delta.value
-        first_base = delta.first_base if delta.first_base is not None else 0
-        base_level = 0
-    elif family is Family.DAILY:
-        progress, first_base, base_level = 1, 0, 0
-    else:
-        progress = min(current.progress + delta.amount, INT_MAX)
-        first_base = current.progress
-        base_level = current.progress
-
+    progress, first_base, base_level = _levels(family, current, delta)
     baseline = current.baseline_value
     if goal.relative and (restart or baseline is None):
         baseline = first_base
@@ -354,22 +412,16 @@ def apply_delta(
     completed_at: datetime | None
     if family is Family.DAILY:
         status, completed_at = COMPLETED, delta.first_time
-    elif keep_completed:
-        status = COMPLETED
-        completed_at = current.completed_at or _completion_time(delta, need)
-    elif completes:
-        status = COMPLETED
-        completed_at = _completion_time(delta, need)
     else:
-        status = IN_PROGRESS
-        completed_at = None if restart else current.completed_at
-    return replace(
+        status, completed_at = _status(current, delta, need, completes, keep_completed, restart)
+    new = replace(
         current,
         progress=progress,
         status=status,
         completed_at=completed_at,
         claimed_at=None if reopen else current.claimed_at,
         updated_at=now,
-        expires_at=delta.period_end if rotating else current.expires_at,
+        expires_at=delta.period_end if goal.rotation is not None else current.expires_at,
         baseline_value=baseline,
     )
+    return Write(new, family is Family.DAILY or (completes and not keep_completed))

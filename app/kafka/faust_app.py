@@ -22,6 +22,7 @@ from typing import Any
 import faust
 from faust.sensors.monitor import Monitor
 
+from app.completions.service import CompletionPublishing
 from app.core.challenges import ChallengeConfig
 from app.core.events import EventType
 from app.core.settings import Settings
@@ -134,6 +135,7 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     # is applied once even across restarts, within DEDUP_WINDOW
     pipeline = Pipeline.open(settings, config, record_event_ids=True, extra_for=book.extra_for)
     runtime = ProgressRuntime(pipeline, book)
+    completions = CompletionPublishing(settings, lambda: pipeline.config)
     by_user = app.topic(
         topics.repartition,
         partitions=settings.kafka_repartition_partitions,
@@ -150,6 +152,7 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     @app.task  # type: ignore[untyped-decorator]
     async def start_flusher() -> None:
         pipeline.start()
+        completions.start()  # goal-completed events: off unless COMPLETION_SINKS is set
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stubs reject async receivers
     async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
@@ -167,6 +170,7 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     async def final_flush(sender: faust.App, **_: Any) -> None:
         kafka_metrics.READY.set(0)
         await pipeline.close()
+        await completions.stop()
 
     return KafkaApp(
         app, sources, by_user, runtime, settings.kafka_batch_size, settings.kafka_batch_wait

@@ -70,6 +70,25 @@ GRPC_IN_FLIGHT = Gauge(
     f"{PREFIX}_grpc_in_flight_requests", "gRPC calls being handled", multiprocess_mode="livesum"
 )
 
+# Goal-completed events (docs/completions.md); the gauges are set by the publisher from
+# the outbox, not per event.
+COMPLETIONS = Counter(
+    f"{PREFIX}_completions_total",
+    "Goal-completed events per sink: published (accepted by the sink) or failed (an "
+    "attempt the sink refused; retried with backoff)",
+    ["sink", "outcome"],
+)
+COMPLETION_OUTBOX_DEPTH = Gauge(
+    f"{PREFIX}_completion_outbox_depth",
+    "Completions not yet published to every configured sink",
+    multiprocess_mode="max",
+)
+COMPLETION_OLDEST_UNPUBLISHED = Gauge(
+    f"{PREFIX}_completion_oldest_unpublished_seconds",
+    "Age of the oldest completion not yet published to every sink (0: none)",
+    multiprocess_mode="max",
+)
+
 
 def multiprocess() -> bool:
     """GRPC_WORKERS' mode: values live in shared files, gauges cannot read a callback."""

@@ -41,6 +41,8 @@ async def test_buffered_updates_are_dropped_and_rows_deleted(engine):
         "user_goal_progress": 2,
         "challenge_daily_marks": 1,
         "challenge_dead_letters": 0,
+        "challenge_completion_deliveries": 0,
+        "challenge_goal_completions": 0,
     }
     assert erasure.buffered == 2
     await flusher.flush_now()

@@ -1,7 +1,9 @@
 """Property: buffering + one flush == one flush per event == the Python rules (oracle).
 
 Random event sequences (time-ordered, spanning days and weeks, every goal family) are
-written three ways; the resulting rows must be identical (database-clock columns aside).
+written three ways; the resulting rows must be identical (database-clock columns aside),
+and so must the goal-completed outbox: the completions the statements reported, and the
+outbox rows (user, goal, completed_at, period), equal what the oracle says completed.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ from sqlalchemy import text
 
 from app.core.challenges import parse_config
 from app.core.events import Event, EventType
-from app.core.progress import Delta, Family, Row, applies, apply_delta, period_of
+from app.core.progress import Delta, Family, Row, applies, apply_write, completion_period, period_of
 from app.core.settings import async_database_url
 from app.pipeline import source_of
 from tables.db import make_engine
-from tests.helpers.support import comparable, flush, flush_each, rows, ts
+from tests.helpers.support import (
+    comparable,
+    completion_keys,
+    completions,
+    flush,
+    flush_each,
+    rows,
+    ts,
+)
 
 
 def _goal(goal_id, source, target=1, kind=None, mode=None, rotation=None, daily=False):
@@ -110,10 +120,12 @@ def _events(raw) -> list[Event]:
     return events
 
 
-def oracle(events: list[Event]) -> dict:
-    """The rules applied in Python, one event at a time."""
+def oracle(events: list[Event]) -> tuple[dict, list[tuple]]:
+    """The rules applied in Python, one event at a time: the rows, and the outbox (one
+    completion per (user, goal, period), as its unique index keeps it)."""
     table: dict[tuple[str, str], Row] = {}
     marks: dict[tuple[str, str], object] = {}
+    outbox: dict[tuple[str, str, object], tuple] = {}
     for event in events:
         for goal in CONFIG.goals_for(source_of(event), event.stat_code):
             if not applies(goal, event):
@@ -128,18 +140,27 @@ def oracle(events: list[Event]) -> dict:
             delta.add(event)
             key = (event.user_id, goal.goal_id)
             current = table.get(key)
-            updated = apply_delta(current, delta, event.event_time, counted_day=marks.get(key))
+            write = apply_write(current, delta, event.event_time, counted_day=marks.get(key))
+            updated = write.row
             if delta.family is Family.COUNTER_DAILY:
                 previous = marks.get(key)
                 if previous is None or previous < delta.period_start:
                     marks[key] = delta.period_start
             if updated is not None:
                 table[key] = updated
+            if write.completes:
+                assert updated is not None and updated.completed_at is not None
+                period = completion_period(delta) or (None, None)
+                outbox.setdefault(
+                    (*key, period[0]),
+                    (*key, goal.challenge_id, event.namespace, updated.completed_at, *period),
+                )
     drop = {"updated_at"}
-    return {
+    found = {
         key: {k: getattr(r, k) for k in r.__dataclass_fields__ if k not in drop}
         for key, r in table.items()
     }
+    return found, sorted(outbox.values())
 
 
 def _project(found: dict) -> dict:
@@ -147,17 +168,26 @@ def _project(found: dict) -> dict:
     return {key: {k: v for k, v in r.items() if k in keep} for key, r in comparable(found).items()}
 
 
-async def _three_ways(url: str, events: list[Event], optimistic: bool) -> tuple[dict, dict]:
+CLEAR = (
+    "DELETE FROM user_goal_progress",
+    "DELETE FROM challenge_daily_marks",
+    "DELETE FROM challenge_goal_completions",
+)
+
+
+async def _three_ways(url: str, events: list[Event], optimistic: bool) -> list[tuple]:
+    """(rows, completions reported, outbox rows) of one flush, then of one per event."""
     engine = make_engine(async_database_url("DATABASE_URL", url))
     try:
         results = []
         for runner in (flush, flush_each):
             async with engine.begin() as conn:
-                await conn.execute(text("DELETE FROM user_goal_progress"))
-                await conn.execute(text("DELETE FROM challenge_daily_marks"))
-            await runner(engine, CONFIG, events, optimistic=optimistic)
-            results.append(_project(await rows(engine)))
-        return results[0], results[1]
+                for statement in CLEAR:
+                    await conn.execute(text(statement))
+            written = await runner(engine, CONFIG, events, optimistic=optimistic)
+            outbox = completion_keys(await completions(engine))
+            results.append((_project(await rows(engine)), written.completions, outbox))
+        return results
     finally:
         await engine.dispose()
 
@@ -165,9 +195,12 @@ async def _three_ways(url: str, events: list[Event], optimistic: bool) -> tuple[
 def _check(url: str, raw, optimistic: bool = True) -> None:
     events = _events(raw)
     buffered, sequential = asyncio.run(_three_ways(url, events, optimistic))
-    assert buffered == sequential
-    expected = oracle(events)
-    assert sequential == expected
+    expected_rows, expected_outbox = oracle(events)
+    assert sequential[0] == expected_rows
+    assert buffered[0] == sequential[0]
+    assert sequential[2] == buffered[2] == expected_outbox
+    # every completion the statements reported is an outbox row, and nothing else is
+    assert sequential[1] == buffered[1] == len(expected_outbox)
 
 
 @settings(

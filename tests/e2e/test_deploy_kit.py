@@ -100,7 +100,7 @@ def test_rules_pass_promtool(tmp_path):
         [tool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout + done.stderr
+    assert "SUCCESS: 7 rules found" in done.stdout + done.stderr
     # and it does catch a broken expression
     broken = tmp_path / "broken.yml"
     broken.write_text(RULES.read_text().replace("> 5000", "> > 5000"))

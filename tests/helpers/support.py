@@ -14,7 +14,7 @@ from app.core.challenges import ChallengeConfig, parse_config
 from app.core.events import Event, EventType
 from app.pipeline import source_of
 from tables.flusher import Flusher
-from tables.schema import user_goal_progress
+from tables.schema import challenge_goal_completions, user_goal_progress
 from tables.write_result import WriteResult
 from tables.writer import Writer
 
@@ -110,10 +110,37 @@ async def flush(
 
 async def flush_each(
     engine: AsyncEngine, cfg: ChallengeConfig, events: Sequence[Event], **kw
-) -> None:
-    """Live-like processing: one flush per event."""
+) -> WriteResult:
+    """Live-like processing: one flush per event (their results summed)."""
+    total = WriteResult()
     for event in events:
-        await flush(engine, cfg, [event], **kw)
+        total.merge(await flush(engine, cfg, [event], **kw))
+    return total
+
+
+async def completions(engine: AsyncEngine) -> list[Any]:
+    """The goal-completed outbox, in id order."""
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            select(challenge_goal_completions).order_by(challenge_goal_completions.c.id)
+        )
+        return list(found)
+
+
+def completion_keys(found: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """What a completion says, without its id and clock columns, sorted."""
+    return sorted(
+        (
+            r.user_id,
+            r.goal_id,
+            r.challenge_id,
+            r.namespace,
+            r.completed_at,
+            r.period_start,
+            r.period_end,
+        )
+        for r in found
+    )
 
 
 async def rows(engine: AsyncEngine) -> dict[tuple[str, str], Any]:

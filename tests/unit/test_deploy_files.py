@@ -24,6 +24,9 @@ def test_dashboard_covers_what_an_operator_needs():
         "dead_lettered_total",
         "kafka_ready",
         "kafka_consumer_lag",
+        "completions_total",  # goal-completed events per sink and outcome
+        "completion_outbox_depth",
+        "completion_oldest_unpublished_seconds",
     ):
         assert f"challenge_event_handler_{needed}" in exprs, needed
     rules = RULES.read_text()
@@ -32,6 +35,7 @@ def test_dashboard_covers_what_an_operator_needs():
         "ChallengeDeadLettersGrowing",
         "ChallengeAckLatencyOverSLO",
         "ChallengeKafkaConsumerLag",
+        "ChallengeCompletionsNotPublished",
     ):
         assert f"alert: {alert}" in rules
 

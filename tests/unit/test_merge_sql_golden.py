@@ -42,6 +42,7 @@ def render(dialect: str, mode: str) -> str:
             ("postgres", statements.postgres),
             ("claimed", statements.claimed),
             ("optimistic", statements.optimistic),
+            ("completions", statements.completions),
             ("update", statements.update),
             ("insert", statements.insert),
             ("marks", statements.marks),

@@ -166,7 +166,10 @@ merged AS MATERIALIZED (
                ELSE old_completed_at END AS new_completed_at,
            CASE WHEN reopen THEN NULL ELSE old_claimed_at END AS new_claimed_at,
            CASE WHEN rotating = 1 THEN period_end ELSE old_expires_at END AS new_expires_at,
-           new_baseline
+           new_baseline,
+           (family = 3 OR (completes AND NOT keep_completed)) AS new_completion,
+           CASE WHEN rotating = 1 OR family = 3 THEN period_start END AS completion_start,
+           CASE WHEN rotating = 1 OR family = 3 THEN period_end END AS completion_end
     FROM outcome
 ),
 updated AS (
@@ -190,10 +193,24 @@ marks AS (
         ORDER BY p.user_id, p.goal_id
         ON CONFLICT (user_id, goal_id) DO UPDATE SET day = excluded.day
         WHERE challenge_daily_marks.day < excluded.day
+),
+completions AS (
+    INSERT INTO challenge_goal_completions (namespace, user_id, challenge_id, goal_id,
+            completed_at, period_start, period_end, created_at)
+        SELECT n.namespace, n.user_id, n.challenge_id, n.goal_id,
+            n.new_completed_at, n.completion_start, n.completion_end, (now() AT TIME ZONE 'UTC')
+        FROM merged AS n
+        WHERE n.new_completion
+          AND (EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = n.user_id AND u.goal_id = n.goal_id))
+        ORDER BY n.user_id, n.goal_id
+        ON CONFLICT DO NOTHING
+        RETURNING id
 )
 SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
 UNION ALL
 SELECT 'm', user_id, goal_id FROM paired WHERE fresh
+UNION ALL
+SELECT 'C', CAST(count(*) AS text), NULL FROM completions
 UNION ALL
 SELECT 'c', user_id, goal_id FROM paired WHERE held;
 
@@ -370,7 +387,10 @@ merged AS MATERIALIZED (
                ELSE old_completed_at END AS new_completed_at,
            CASE WHEN reopen THEN NULL ELSE old_claimed_at END AS new_claimed_at,
            CASE WHEN rotating = 1 THEN period_end ELSE old_expires_at END AS new_expires_at,
-           new_baseline
+           new_baseline,
+           (family = 3 OR (completes AND NOT keep_completed)) AS new_completion,
+           CASE WHEN rotating = 1 OR family = 3 THEN period_start END AS completion_start,
+           CASE WHEN rotating = 1 OR family = 3 THEN period_end END AS completion_end
     FROM outcome
 ),
 updated AS (
@@ -395,6 +415,18 @@ marks AS (
         ON CONFLICT (user_id, goal_id) DO UPDATE SET day = excluded.day
         WHERE challenge_daily_marks.day < excluded.day
 ),
+completions AS (
+    INSERT INTO challenge_goal_completions (namespace, user_id, challenge_id, goal_id,
+            completed_at, period_start, period_end, created_at)
+        SELECT n.namespace, n.user_id, n.challenge_id, n.goal_id,
+            n.new_completed_at, n.completion_start, n.completion_end, (now() AT TIME ZONE 'UTC')
+        FROM merged AS n
+        WHERE n.new_completion
+          AND (EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = n.user_id AND u.goal_id = n.goal_id))
+        ORDER BY n.user_id, n.goal_id
+        ON CONFLICT DO NOTHING
+        RETURNING id
+),
 claim_ids AS (
     SELECT * FROM unnest(CAST(:event_ids AS text[]), CAST(:event_users AS text[]))
     AS e(event_id, user_id)
@@ -411,6 +443,8 @@ claimed AS (
 SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
 UNION ALL
 SELECT 'm', user_id, goal_id FROM paired WHERE fresh
+UNION ALL
+SELECT 'C', CAST(count(*) AS text), NULL FROM completions
 UNION ALL
 SELECT 'c', user_id, goal_id FROM paired WHERE held
 UNION ALL
@@ -582,7 +616,10 @@ merged AS MATERIALIZED (
                ELSE old_completed_at END AS new_completed_at,
            CASE WHEN reopen THEN NULL ELSE old_claimed_at END AS new_claimed_at,
            CASE WHEN rotating = 1 THEN period_end ELSE old_expires_at END AS new_expires_at,
-           new_baseline
+           new_baseline,
+           (family = 3 OR (completes AND NOT keep_completed)) AS new_completion,
+           CASE WHEN rotating = 1 OR family = 3 THEN period_start END AS completion_start,
+           CASE WHEN rotating = 1 OR family = 3 THEN period_end END AS completion_end
     FROM outcome
 ),
 updated AS (
@@ -609,6 +646,18 @@ marks AS (
         ORDER BY p.user_id, p.goal_id
         ON CONFLICT (user_id, goal_id) DO UPDATE SET day = excluded.day
         WHERE challenge_daily_marks.day < excluded.day
+),
+completions AS (
+    INSERT INTO challenge_goal_completions (namespace, user_id, challenge_id, goal_id,
+            completed_at, period_start, period_end, created_at)
+        SELECT n.namespace, n.user_id, n.challenge_id, n.goal_id,
+            n.new_completed_at, n.completion_start, n.completion_end, (now() AT TIME ZONE 'UTC')
+        FROM merged AS n
+        WHERE n.new_completion
+          AND (EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = n.user_id AND u.goal_id = n.goal_id))
+        ORDER BY n.user_id, n.goal_id
+        ON CONFLICT DO NOTHING
+        RETURNING id
 )
 SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
 UNION ALL
@@ -616,4 +665,6 @@ SELECT 'm', user_id, goal_id FROM paired WHERE fresh
 UNION ALL
 SELECT 'r', n.user_id, n.goal_id FROM merged AS n
     WHERE NOT n.fresh AND NOT (SELECT count(*) FROM updated) = (SELECT count(*) FROM merged WHERE NOT fresh)
-    AND NOT EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = n.user_id AND u.goal_id = n.goal_id);
+    AND NOT EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = n.user_id AND u.goal_id = n.goal_id)
+UNION ALL
+SELECT 'C', CAST(count(*) AS text), NULL FROM completions;
