@@ -47,11 +47,9 @@ class GdprAgent:
         topics: Topics,
         flusher: Flusher,
         namespace: str,
-        resweep_after: float | None,
     ):
         self.flusher = flusher
         self.namespace = namespace
-        self.resweep_after = resweep_after
         self.topic_name = topics.gdpr
         # declared internal: Faust creates them when missing (local development; on AGS
         # the topic exists and is left as it is), so the agent never subscribes to nothing
@@ -92,7 +90,6 @@ class GdprAgent:
                     deletion.user_id,
                     self.namespace,
                     source=SOURCE,
-                    resweep_after=self.resweep_after,
                 )
 
     async def dead_letter(
@@ -117,11 +114,9 @@ def make_gdpr_agent(
     topics: Topics,
     flusher: Flusher,
     namespace: str,
-    resweep_after: float | None = None,
 ) -> None:
-    """Attach the GDPR agent; `flusher` is the progress pipeline's (its buffer is dropped).
-    `resweep_after`: delete once more after that long (updates buffered by other workers)."""
-    agent = GdprAgent(app, topics, flusher, namespace, resweep_after)
+    """Attach the GDPR agent; `flusher` is the progress pipeline's (its buffer is dropped)."""
+    agent = GdprAgent(app, topics, flusher, namespace)
 
     async def gdpr(stream: faust.StreamT[bytes]) -> None:
         async for record in stream.events():

@@ -21,6 +21,5 @@ def build_worker(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         Topics(settings.require_namespace(), settings.kafka_consumer_group),
         kafka.runtime.pipeline.flusher,
         settings.namespace,
-        resweep_after=settings.kafka_session_timeout + 2 * settings.flush_interval,
     )
     return kafka

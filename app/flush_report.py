@@ -11,6 +11,15 @@ from tables.write_result import WriteResult
 log = logging.getLogger("app.pipeline")
 
 
+def erased_events(result: WriteResult) -> int:
+    """Events of erased users the flush left out: per user, the most events any one of
+    its rows held (an event moves several goals; the exact count is not kept)."""
+    most: dict[str, int] = {}
+    for delta in result.erased:
+        most[delta.user_id] = max(most.get(delta.user_id, 0), delta.events)
+    return sum(most.values())
+
+
 def report_flush(generation: Generation, result: WriteResult, elapsed: float, pending: int) -> None:
     metrics.FLUSH_DURATION.observe(elapsed)
     metrics.DB_BATCH_SIZE.observe(result.rows)
@@ -24,6 +33,9 @@ def report_flush(generation: Generation, result: WriteResult, elapsed: float, pe
         metrics.DROPPED_ROWS.labels("guarded").inc(result.skipped)
     if result.carried:
         metrics.ROWS_CARRIED.inc(len(result.carried))
+    if result.erased:
+        metrics.DROPPED_ROWS.labels("erased").inc(len(result.erased))
+        metrics.SKIPPED.labels("erased").inc(erased_events(result))
     for _delta, reason in result.poisoned:
         metrics.FAILED.labels("poison_row").inc()
         metrics.DEAD_LETTERED.labels("database", "poison_row").inc()
@@ -44,6 +56,7 @@ def report_flush(generation: Generation, result: WriteResult, elapsed: float, pe
             "duplicates": result.duplicates,
             "poisoned": len(result.poisoned),
             "carried": len(result.carried),
+            "erased": len(result.erased),
             "statements": result.statements,
             "duration_ms": round(elapsed * 1000, 2),
         },

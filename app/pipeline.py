@@ -41,6 +41,7 @@ T = TypeVar("T")
 _SKIPPED_NAMESPACE = metrics.SKIPPED.labels("namespace")
 _SKIPPED_NO_GOAL = metrics.SKIPPED.labels("no_goal")
 _SKIPPED_IGNORED = metrics.SKIPPED.labels("ignored_value")
+_SKIPPED_ERASED = metrics.SKIPPED.labels("erased")
 
 # In-memory dedup entries when the flushes also record event ids (gRPC, Kafka).
 _CLAIMED_WINDOW_ENTRIES = 50_000
@@ -82,6 +83,7 @@ class Pipeline:
             commit_delay=settings.commit_delay,
             busy_commit_delay=settings.busy_commit_delay,
             commit_siblings=settings.commit_siblings,
+            erasure_retention=settings.erasure_retention,
         )
         # With event ids recorded in the database the window is only the fast path (a
         # duplicate it misses is found by the flush's claim and folded out), so it is
@@ -215,6 +217,10 @@ class Pipeline:
             _SKIPPED_NAMESPACE.inc()
             self.outcomes["other_namespace"] += 1
             return None
+        if event.user_id in self.flusher.erased:
+            _SKIPPED_ERASED.inc()
+            self.outcomes["erased"] += 1
+            return None
         goals = self.config.goals_for(source_of(event), event.stat_code)
         if not goals:
             _SKIPPED_NO_GOAL.inc()
@@ -238,6 +244,8 @@ class Pipeline:
             self.outcomes["applied"] += 1
 
     def _flushed(self, generation: Generation, result: WriteResult, elapsed: float) -> None:
+        for delta in result.erased:  # erased on another replica: skipped here from now on
+            self.flusher.erased.add(delta.user_id)
         report_flush(generation, result, elapsed, self.flusher.pending)
 
 

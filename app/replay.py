@@ -18,7 +18,7 @@ from app.core.events import Event, InvalidEvent, decode_json_event
 from app.pipeline import Pipeline
 from tables.generation import Generation
 
-SKIP_OUTCOMES = ("no_goal", "other_namespace", "ignored_value", "stale")
+SKIP_OUTCOMES = ("no_goal", "other_namespace", "ignored_value", "stale", "erased")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 
 from app.core.challenges import Goal
+from app.core.erasures import ErasedUsers
 from app.core.events import Event
 from tables.accumulator import Accumulator
 from tables.generation import Generation
@@ -41,6 +42,7 @@ class Flusher:
         commit_siblings: int = 0,
         carry_retry: float = 0.05,
         prune_every: float = 60.0,
+        erasure_retention: float | None = None,
     ):
         wake = asyncio.Event()
         self.buffer = Accumulator(max_size, track_events=event_id_window is not None, wake=wake)
@@ -60,9 +62,13 @@ class Flusher:
             max_backoff=max_backoff,
             carry_retry=carry_retry,
             prune_every=prune_every,
+            erasure_retention=erasure_retention,
         )
         self.sender.on_flush = on_flush
         self.sender.on_retry = on_retry
+        # Users erased by a GDPR deletion, as far as this process knows: their events are
+        # skipped when they arrive (the merge statement skips the rest, tables/merge_sql.py).
+        self.erased = ErasedUsers()
         self._task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- parts and knobs
@@ -96,6 +102,11 @@ class Flusher:
     def failures(self) -> int:
         """Failed write attempts in a row (the health signal)."""
         return self.sender.failures
+
+    @property
+    def flush_started(self) -> float | None:
+        """When the flush in flight started (monotonic clock); None when none is."""
+        return self.sender.flush_started
 
     @property
     def pending(self) -> int:

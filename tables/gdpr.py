@@ -1,26 +1,25 @@
-"""GDPR account deletion (SPEC §1.1, §1.2): erase what we hold about one user.
+"""GDPR account deletion (docs/contract.md §1.1, §1.2): erase what we hold about one
+user, and keep the user erased.
 
-Deleted in one transaction, before the caller acknowledges (gRPC answers OK, Kafka acks
-the record so its offset can be committed):
+In one transaction, before the caller acknowledges (gRPC answers OK, Kafka acks the
+record so its offset can be committed):
 - `user_goal_progress`: the user's rows in the deployment's namespace;
 - `challenge_daily_marks`: the user's increment+daily marks;
 - `challenge_dead_letters`: the user's dead-lettered rows (they hold the buffered update);
 - `challenge_goal_completions` and `challenge_completion_deliveries`: the user's
-  goal-completed events, published or not (an unpublished one is never sent).
+  goal-completed events, published or not (an unpublished one is never sent);
+- a tombstone in `challenge_erasures`: every merge statement leaves the user's deltas
+  out from its commit on (tables/merge_sql.py), on every replica and worker, whatever
+  the source — live, redelivered, late or replayed. Kept ERASURE_RETENTION, then purged.
 Not touched: `challenge_processed_events` (opaque event ids with an expiry, no user id;
 gone within DEDUP_WINDOW) and `challenge_consumer_offsets` (no user data).
 
-So that nothing still buffered re-creates a row afterwards:
-1. the user's buffered updates are dropped (`Flusher.drop_user`);
-2. a barrier waits until every flush taken before now has committed (flushes run one at
-   a time, so the commit of a fresh generation means the earlier ones are in);
-3. updates that arrived meanwhile are dropped again, then the rows are deleted.
+Flushes that began before the tombstone: the deletion locks `challenge_erasures`
+exclusively, which waits for every flush transaction that read it (all of them do), then
+deletes again what those committed meanwhile. In this process, besides: the user is
+marked erased (events skipped on arrival), its buffered updates are dropped
+(`Flusher.drop_user`) and a barrier waits for the flushes already taken.
 A redelivered deletion deletes nothing more and is answered the same way.
-
-Other replicas (or other Kafka workers) may still hold an update for the user that was
-in flight when the deletion arrived; with `resweep_after` the deletion runs once more
-after that long (longer than any update can stay unwritten), and logs a warning if it
-found something. Best effort: a process stopped before it runs does not run it.
 
 Every deletion is logged once at info with `audit: gdpr_deletion` and the row counts
 (never the message) and counted in `challenge_event_handler_gdpr_deletions_total`.
@@ -34,15 +33,19 @@ import time
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter
-from sqlalchemy import Delete, delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Delete, Insert, delete, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.core.clock import now_utc
 from app.observability.metrics import PREFIX
 from tables.flusher import Flusher
 from tables.schema import (
     challenge_completion_deliveries,
     challenge_daily_marks,
     challenge_dead_letters,
+    challenge_erasures,
     challenge_goal_completions,
     user_goal_progress,
 )
@@ -114,14 +117,45 @@ def _statements(user_id: str, namespace: str) -> list[tuple[str, Delete]]:
     ]
 
 
-async def delete_rows(engine: AsyncEngine, user_id: str, namespace: str) -> dict[str, int]:
-    """One transaction: every row of ours about the user; returns rows per table."""
+# Every flush statement reads challenge_erasures (tables/merge_sql.py), which holds a
+# share lock on it until its transaction ends. Locking the table exclusively therefore
+# waits until every flush that could still write with a snapshot from before the
+# tombstone has ended, and makes the flushes that start meanwhile wait for the commit:
+# they see the tombstone. Taken after a first delete, so that waiting for a row the
+# backend holds (a claim, up to ~10 s) never happens while every flush waits on us.
+_LOCK_ERASURES = "LOCK TABLE challenge_erasures IN ACCESS EXCLUSIVE MODE"
+
+
+async def _delete_all(conn: AsyncConnection, user_id: str, namespace: str) -> dict[str, int]:
     deleted: dict[str, int] = {}
-    async with engine.begin() as conn:
-        for table, statement in _statements(user_id, namespace):
-            result = await conn.execute(statement)
-            deleted[table] = max(0, result.rowcount or 0)
+    for table, statement in _statements(user_id, namespace):
+        result = await conn.execute(statement)
+        deleted[table] = max(0, result.rowcount or 0)
     return deleted
+
+
+async def delete_rows(engine: AsyncEngine, user_id: str, namespace: str) -> dict[str, int]:
+    """One transaction: every row of ours about the user, and the tombstone that keeps
+    the user's later events out on every replica; returns rows per table."""
+    async with engine.begin() as conn:
+        deleted = await _delete_all(conn, user_id, namespace)
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text(_LOCK_ERASURES))
+            # what flushes committed while we waited for the lock
+            for table, count in (await _delete_all(conn, user_id, namespace)).items():
+                deleted[table] += count
+        await conn.execute(_tombstone(conn.dialect.name, user_id, namespace))
+    return deleted
+
+
+def _tombstone(dialect: str, user_id: str, namespace: str) -> Insert:
+    """The tombstone; a repeated deletion moves its time (the retention restarts)."""
+    values = {"user_id": user_id, "namespace": namespace, "erased_at": now_utc()}
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(challenge_erasures).values(**values)
+    return statement.on_conflict_do_update(
+        index_elements=["user_id", "namespace"], set_={"erased_at": values["erased_at"]}
+    )
 
 
 async def _barrier(flusher: Flusher, timeout: float | None) -> None:
@@ -134,32 +168,6 @@ async def _barrier(flusher: Flusher, timeout: float | None) -> None:
     waiter.result()
 
 
-_sweeps: set[asyncio.Task[None]] = set()
-
-
-async def _resweep(engine: AsyncEngine, user_id: str, namespace: str, delay: float) -> None:
-    await asyncio.sleep(delay)
-    try:
-        rows = await delete_rows(engine, user_id, namespace)
-    except Exception as exc:
-        log.warning("gdpr re-sweep failed", extra={"error": str(exc)[:300]})
-        return
-    if any(rows.values()):
-        for table, count in rows.items():
-            if count:
-                ROWS_DELETED.labels(table).inc(count)
-        log.warning(
-            "gdpr re-sweep deleted rows written after the deletion",
-            extra={"audit": "gdpr_resweep", "user_id": user_id, "rows": rows},
-        )
-
-
-def schedule_resweep(engine: AsyncEngine, user_id: str, namespace: str, delay: float) -> None:
-    task = asyncio.get_running_loop().create_task(_resweep(engine, user_id, namespace, delay))
-    _sweeps.add(task)
-    task.add_done_callback(_sweeps.discard)
-
-
 async def erase_user(
     flusher: Flusher,
     user_id: str,
@@ -167,7 +175,6 @@ async def erase_user(
     *,
     source: str,
     barrier_timeout: float | None = None,
-    resweep_after: float | None = None,
 ) -> Erasure:
     """Drop the user's buffered updates, wait out flushes in flight, delete their rows.
 
@@ -175,6 +182,7 @@ async def erase_user(
     caller answers UNAVAILABLE / retries); a retry is always safe.
     """
     started = time.perf_counter()
+    flusher.erased.add(user_id)  # from now on its events are skipped when they arrive
     buffered = flusher.drop_user(user_id)
     try:
         await _barrier(flusher, barrier_timeout)
@@ -186,8 +194,6 @@ async def erase_user(
         DELETIONS.labels(source, "failed").inc()
         raise
     erasure = Erasure(user_id, namespace, rows, buffered)
-    if resweep_after is not None:
-        schedule_resweep(flusher.writer.engine, user_id, namespace, resweep_after)
     DELETIONS.labels(source, "deleted").inc()
     for table, count in rows.items():
         if count:

@@ -525,6 +525,25 @@ def _merged(c: _Chain) -> str:
     )
 
 
+# A user erased by a GDPR deletion (docs/contract.md §1.1): its tombstone, read in the
+# statement that writes, so a deletion answered by any replica holds here from its commit
+# on. Reading the table also holds a share lock on it until the transaction ends, which
+# the deletion's exclusive lock waits for (tables/gdpr.py): no flush that began before
+# the tombstone can write after it.
+_ERASED = (
+    "EXISTS (SELECT 1 FROM challenge_erasures AS e\n"
+    "                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)"
+)
+
+
+def _unerased() -> str:
+    return f"SELECT s.*\n    FROM incoming AS s\n    WHERE NOT {_ERASED}"
+
+
+def _erased_report() -> str:
+    return f"SELECT 'e', s.user_id, s.goal_id FROM incoming AS s\n    WHERE {_ERASED}"
+
+
 # The rule stages after the source and its rows, in order; each reads the one before.
 # MATERIALIZED: computed once although later steps read them several times.
 _RULE_STAGES: tuple[tuple[str, Callable[[_Chain], str]], ...] = (
@@ -550,7 +569,8 @@ def _stages(
     chain = _chain(d, whole_users, optimistic)
     owners = [("owners", _owners(d))] if whole_users else []
     return [
-        ("delta", d.source()),
+        ("incoming", d.source()),
+        ("delta", _unerased()),
         ("locked", d.locked(optimistic)),
         *owners,
         *((name, build(chain)) for name, build in _RULE_STAGES),
@@ -661,7 +681,9 @@ class MergeStatements:
     # PostgreSQL, the unlocked form of `postgres` (module docstring)
     optimistic: str | None = None
     # SQLite: the statements, run in order (the outbox first, from the rows as they
-    # were: the chain is evaluated again by every statement)
+    # were: the chain is evaluated again by every statement); `erased` reports the keys
+    # of erased users it left out
+    erased: str | None = None
     completions: str | None = None
     update: str | None = None
     insert: str | None = None
@@ -773,14 +795,17 @@ def _written(
     writes.append(("marks", _marks(auto, inserted, changed)))
     writes.append(_pg_completions(d, auto))
     report.append("SELECT 'C', CAST(count(*) AS text), NULL FROM completions")
+    report.append(_erased_report())
     return [(name, _indent(body)) for name, body in writes], report, sound
 
 
 def _sqlite_statements(d: Dialect, auto: bool) -> MergeStatements:
     """Single writer: every row merged is written (required mode: only existing ones),
     so the outbox step runs first, from the rows before the update."""
-    chain = _with(_stages(d))
+    stages = _stages(d)
+    chain = _with(stages)
     return MergeStatements(
+        erased=f"{_with(stages[:1])}\n{_erased_report()}",
         completions=f"{chain}\n{_completions(d, '' if auto else ' AND NOT n.fresh')}",
         update=f"{chain}\n{_update(d)}",
         insert=f"{chain}\n{_insert(d)}" if auto else None,

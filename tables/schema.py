@@ -179,3 +179,15 @@ challenge_completion_deliveries = Table(
     Column("published_at", DateTime, nullable=False),
     PrimaryKeyConstraint("completion_id", "sink", name="challenge_completion_deliveries_pkey"),
 )
+
+# GDPR erasure tombstones: a deleted user's later events (live, redelivered, replayed)
+# are skipped by every replica and worker; purged after ERASURE_RETENTION.
+challenge_erasures = Table(
+    "challenge_erasures",
+    metadata,
+    Column("namespace", String(100), nullable=False),
+    Column("user_id", String(100), nullable=False),
+    Column("erased_at", DateTime, nullable=False),
+    PrimaryKeyConstraint("user_id", "namespace", name="challenge_erasures_pkey"),
+)
+Index("idx_challenge_erasures_erased_at", challenge_erasures.c.erased_at)

@@ -9,26 +9,25 @@ A flush starts:
 - for carried rows (held by another transaction) at least every `carry_retry`.
 
 It also feeds the health signal (failed attempts in a row, the flush in flight's start)
-and prunes expired event ids beside the flushes.
+and deletes expired event ids and erasure tombstones beside the flushes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tables.accumulator import Accumulator
-from tables.event_ids import EventClaim, prune
+from tables.event_ids import EventClaim
 from tables.generation import Generation
+from tables.housekeeping import tidy
 from tables.write_result import Extra, WriteResult
 from tables.write_retry import FailureListener, WriteAttempts
 from tables.writer import Writer
 
-log = logging.getLogger(__name__)
 
 FlushListener = Callable[[Generation, WriteResult, float], None]
 
@@ -66,6 +65,7 @@ class Sender:
         max_backoff: float,
         carry_retry: float,
         prune_every: float,
+        erasure_retention: float | None = None,
     ):
         self.buffer = buffer
         self.writer = writer
@@ -77,6 +77,7 @@ class Sender:
         self.max_backoff = max_backoff
         self.carry_retry = min(carry_retry, interval)
         self.prune_every = prune_every
+        self.erasure_retention = erasure_retention  # purge older tombstones (long-running)
         self.on_flush: FlushListener | None = None
         self.on_retry: FailureListener | None = None
         self.closing = False
@@ -159,8 +160,8 @@ class Sender:
             self.on_flush(generation, result, elapsed)
         generation.release()
         buffer.space_freed()
-        if claim is not None:
-            self._maybe_prune()
+        if claim is not None or self.erasure_retention is not None:
+            self._maybe_tidy()
 
     def stalled(self, after: float) -> bool:
         """Writes stuck: the last attempts failed, or one flush has run for `after` s."""
@@ -172,23 +173,20 @@ class Sender:
         if self.on_retry:
             self.on_retry(exc, attempt)
 
-    def _maybe_prune(self) -> None:
-        """Beside the flushes, not between them: deleting a minute of expired ids can
-        take longer than a flush, and every durable caller would wait for it."""
+    def _maybe_tidy(self) -> None:
+        """Expired event ids and tombstones, beside the flushes (tables/housekeeping.py)."""
         if time.monotonic() - self._pruned_at <= self.prune_every:
             return
         self._pruned_at = time.monotonic()
         if self._prune_task is None or self._prune_task.done():
-            self._prune_task = asyncio.create_task(self._prune_event_ids(), name="prune")
-
-    async def _prune_event_ids(self) -> None:
-        """Forget event ids older than the window (best effort, its own transaction)."""
-        try:
-            async with self.writer.engine.begin() as conn:
-                removed = await prune(conn)
-            log.debug("expired event ids pruned", extra={"rows": removed})
-        except Exception as exc:
-            log.warning("pruning event ids failed", extra={"error": str(exc)[:300]})
+            self._prune_task = asyncio.create_task(
+                tidy(
+                    self.writer.engine,
+                    event_ids=self.event_id_window is not None,
+                    erasure_retention=self.erasure_retention,
+                ),
+                name="housekeeping",
+            )
 
     async def stop_pruning(self) -> None:
         if self._prune_task is not None:

@@ -73,6 +73,7 @@ class ReportTag(StrEnum):
     MISSING = "m"  # a key without a row (ASSIGNMENT_MODE=required)
     CARRIED = "c"  # a key held by another transaction: carried to the next flush
     RACED = "r"  # a key another writer inserted or changed meanwhile: merged again
+    ERASED = "e"  # a key of a user erased by a GDPR deletion: left out
 
 
 @dataclass
@@ -88,6 +89,8 @@ class WriteResult:
     poisoned: list[tuple[Delta, str]] = field(default_factory=list)
     # Deltas of users with a row held by another transaction: not written, for the next flush.
     carried: list[Delta] = field(default_factory=list)
+    # Deltas of users erased by a GDPR deletion (a tombstone): never written.
+    erased: list[Delta] = field(default_factory=list)
     dead_letters_escaped: int = 0
     dead_letters_lost: int = 0  # could not be stored even escaped (logged in full)
     abandoned: int = 0  # rows of a flush given up on (callers told to retry)
@@ -103,6 +106,7 @@ class WriteResult:
         self.round_trips += other.round_trips
         self.poisoned.extend(other.poisoned)
         self.carried.extend(other.carried)
+        self.erased.extend(other.erased)
         self.dead_letters_escaped += other.dead_letters_escaped
         self.dead_letters_lost += other.dead_letters_lost
         self.abandoned += other.abandoned
@@ -117,6 +121,7 @@ class WriteResult:
             - self.missing
             - len(self.poisoned)
             - len(self.carried)
+            - len(self.erased)
         )
 
     def tally(
@@ -137,4 +142,6 @@ class WriteResult:
                 self.carried.append(by_key[(user_or_count, goal_id)])
             elif tag == ReportTag.RACED:
                 raced.append(by_key[(user_or_count, goal_id)])
+            elif tag == ReportTag.ERASED:
+                self.erased.append(by_key[(user_or_count, goal_id)])
         return raced

@@ -54,14 +54,10 @@ def decode_deletion(data: bytes) -> Deletion:
 class GdprHandler:
     """OnMessage of the GDPR service: decode, filter the namespace, erase, answer."""
 
-    def __init__(
-        self, flusher: Flusher, namespace: str, *, timeout: float, resweep_after: float | None
-    ):
+    def __init__(self, flusher: Flusher, namespace: str, *, timeout: float):
         self.flusher = flusher
         self.namespace = namespace
         self.timeout = timeout  # longest wait for flushes in flight (GRPC_ACK_TIMEOUT)
-        # another replica's call in flight for the user commits within its ack timeout
-        self.resweep_after = resweep_after
 
     async def handle(self, request: bytes, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         started = time.perf_counter()
@@ -95,7 +91,6 @@ class GdprHandler:
                 self.namespace or deletion.namespace,
                 source=SOURCE,
                 barrier_timeout=self.timeout,
-                resweep_after=self.resweep_after,
             )
         except BarrierTimeout:
             return grpc.StatusCode.UNAVAILABLE, "deletion not committed in time, retry"
@@ -110,14 +105,11 @@ class GdprHandler:
 def add_gdpr_service(server: grpc.aio.Server, flusher: Flusher, settings: Settings) -> str:
     """Register the GDPR servicer; returns its full service name (for reflection).
 
-    The deletion waits at most GRPC_ACK_TIMEOUT for flushes in flight, and sweeps again
-    after GRPC_ACK_TIMEOUT + 2 flush intervals (another replica's call in flight for the
-    user has committed or failed by then)."""
+    The deletion waits at most GRPC_ACK_TIMEOUT for this process's flushes in flight."""
     handler = GdprHandler(
         flusher,
         settings.namespace,
         timeout=settings.grpc_ack_timeout,
-        resweep_after=settings.grpc_ack_timeout + 2 * settings.flush_interval,
     )
 
     wire.add_bytes_service(server, GDPR_SERVICE, handler.handle)

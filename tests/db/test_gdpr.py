@@ -1,15 +1,17 @@
 """tables/gdpr.py against real PostgreSQL and SQLite: one transaction erases the user,
-buffered and in-flight updates never resurrect a row, the re-sweep catches a row another
-replica wrote after the deletion."""
+buffered and in-flight updates never resurrect a row, and the tombstone keeps every
+later flush — on any replica — from writing the user again."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
+
+from sqlalchemy import text
 
 from app.pipeline import source_of
 from tables.flusher import Flusher
 from tables.gdpr import erase_user
+from tables.housekeeping import purge_tombstones
 from tables.writer import Writer
 from tests.helpers.faults import RowLock
 from tests.helpers.support import config, execute, goal, login, put_row, rows
@@ -115,17 +117,77 @@ async def test_other_namespace_rows_of_the_user_are_left(engine):
     assert list(await rows(engine)) == [("multi", "other-goal")]
 
 
-async def test_resweep_deletes_a_row_written_after_the_deletion(engine, caplog):
+async def test_another_replica_never_writes_an_erased_user(engine):
+    """Replica A erases the user; replica B (its own flusher, which never heard of the
+    deletion) then flushes events of that user, live or replayed: the merge statement
+    reads the tombstone and leaves them out, and reports them erased."""
+    a, b = flusher_for(engine), flusher_for(engine)
+    add(a, login("gone", "2026-11-20 10:00"))
+    await a.flush_now()
+    await erase_user(a, "gone", "mygame", source="test")
+    results = []
+    b.sender.on_flush = lambda _g, result, _t: results.append(result)
+    add(b, login("gone", "2026-11-19 10:00"))  # replayed from before the deletion
+    add(b, login("gone", "2026-11-21 10:00"))
+    add(b, login("other", "2026-11-21 10:00"))
+    await b.flush_now()
+    assert sorted(await rows(engine)) == [("other", "daily"), ("other", "logins")]
+    erased = [d for result in results for d in result.erased]
+    assert {(d.user_id, d.goal.goal_id) for d in erased} == {("gone", "logins"), ("gone", "daily")}
+    assert not [d for d in erased if d.user_id != "gone"]
+
+
+async def test_a_flush_begun_before_the_deletion_is_waited_for_and_swept(pg_engine):
+    """A flush transaction in flight on another replica (it has read the tombstones and
+    written the user's row, not yet committed) when the deletion runs: the deletion's
+    lock waits for it to end, then deletes what it wrote; nothing of the user is left."""
+    hold, reached = asyncio.Event(), asyncio.Event()
+
+    async def slow_commit(_conn) -> None:  # runs inside the flush's transaction
+        reached.set()
+        await hold.wait()
+
+    other = Flusher(Writer(pg_engine), interval=0.05, extra_for=lambda _g: slow_commit)
+    add(other, login("racing", "2026-11-20 10:00"))
+    flushing = asyncio.create_task(other.flush_now())
+    await asyncio.wait_for(reached.wait(), 30)
+    deleting = asyncio.create_task(
+        erase_user(flusher_for(pg_engine), "racing", "mygame", source="t")
+    )
+
+    async def deletion_waits_on_the_lock() -> bool:
+        async with pg_engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "WHERE c.relname = 'challenge_erasures' AND NOT l.granted"
+                )
+            )
+        return bool(waiting)
+
+    await wait_until_async(deletion_waits_on_the_lock, message="the deletion waiting for the lock")
+    assert not deleting.done()
+    hold.set()
+    await flushing
+    erasure = await deleting
+    assert erasure.rows["user_goal_progress"] == 2  # what the flush committed meanwhile
+    assert not await rows(pg_engine)
+    add(other, login("racing", "2026-11-20 11:00"))  # and from now on nothing
+    await other.flush_now()
+    assert not await rows(pg_engine)
+
+
+async def test_old_tombstones_are_purged(engine):
     flusher = flusher_for(engine)
-    await erase_user(flusher, "late", "mygame", source="test", resweep_after=0.3)
-    await put_row(engine, "late", "logins", progress=1)  # another replica's late flush
-    with caplog.at_level(logging.WARNING, logger="tables.gdpr"):
-
-        async def swept() -> bool:
-            return not await rows(engine)
-
-        await wait_until_async(swept, message="the re-sweep to delete the late row")
-        # the log line follows the commit
-        await wait_until_async(
-            lambda: "gdpr re-sweep deleted rows" in caplog.text, message="the re-sweep's log"
-        )
+    await erase_user(flusher, "long-gone", "mygame", source="test")
+    await erase_user(flusher, "recent", "mygame", source="test")
+    await execute(
+        engine,
+        "UPDATE challenge_erasures SET erased_at = '2024-01-01 00:00:00' WHERE user_id = 'long-gone'",
+    )
+    assert await purge_tombstones(engine, retention=400 * 86400) == 1
+    later = flusher_for(engine)
+    add(later, login("long-gone", "2026-11-21 10:00"))  # a new player with a reused id
+    add(later, login("recent", "2026-11-21 10:00"))
+    await later.flush_now()
+    assert {user for user, _goal in await rows(engine)} == {"long-gone"}

@@ -1,6 +1,6 @@
 -- postgres
 WITH
-delta AS (
+incoming AS (
     SELECT u.user_id,
            (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
            (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
@@ -47,6 +47,12 @@ delta AS (
         top_level,
         steps
     )
+),
+delta AS (
+    SELECT s.*
+    FROM incoming AS s
+    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
 ),
 locked AS (
     SELECT s.*, l.*
@@ -233,11 +239,15 @@ SELECT 'r', p.user_id, p.goal_id FROM paired AS p
 UNION ALL
 SELECT 'C', CAST(count(*) AS text), NULL FROM completions
 UNION ALL
+SELECT 'e', s.user_id, s.goal_id FROM incoming AS s
+    WHERE EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+UNION ALL
 SELECT 'c', user_id, goal_id FROM paired WHERE held;
 
 -- claimed
 WITH
-delta AS (
+incoming AS (
     SELECT u.user_id,
            (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
            (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
@@ -284,6 +294,12 @@ delta AS (
         top_level,
         steps
     )
+),
+delta AS (
+    SELECT s.*
+    FROM incoming AS s
+    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
 ),
 locked AS (
     SELECT s.*, l.*
@@ -488,6 +504,10 @@ SELECT 'r', p.user_id, p.goal_id FROM paired AS p
 UNION ALL
 SELECT 'C', CAST(count(*) AS text), NULL FROM completions
 UNION ALL
+SELECT 'e', s.user_id, s.goal_id FROM incoming AS s
+    WHERE EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+UNION ALL
 SELECT 'c', user_id, goal_id FROM paired WHERE held
 UNION ALL
 SELECT 'v', CAST(1 / CASE WHEN (SELECT count(*) FROM claimed)
@@ -496,7 +516,7 @@ SELECT 'v', CAST(1 / CASE WHEN (SELECT count(*) FROM claimed)
 
 -- optimistic
 WITH
-delta AS (
+incoming AS (
     SELECT u.user_id,
            (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
            (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
@@ -543,6 +563,12 @@ delta AS (
         top_level,
         steps
     )
+),
+delta AS (
+    SELECT s.*
+    FROM incoming AS s
+    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
 ),
 locked AS (
     SELECT s.*, l.*
@@ -731,4 +757,8 @@ SELECT 'r', n.user_id, n.goal_id FROM merged AS n
     WHERE NOT n.fresh AND NOT (SELECT count(*) FROM updated) = (SELECT count(*) FROM merged WHERE NOT fresh)
     AND NOT EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = n.user_id AND u.goal_id = n.goal_id)
 UNION ALL
-SELECT 'C', CAST(count(*) AS text), NULL FROM completions;
+SELECT 'C', CAST(count(*) AS text), NULL FROM completions
+UNION ALL
+SELECT 'e', s.user_id, s.goal_id FROM incoming AS s
+    WHERE EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace);

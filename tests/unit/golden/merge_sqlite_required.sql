@@ -1,6 +1,6 @@
 -- completions
 WITH
-delta AS (
+incoming AS (
     SELECT
         json_extract(value, '$[0]') AS user_id,
         json_extract(value, '$[1]') AS goal_id,
@@ -22,6 +22,12 @@ delta AS (
         json_extract(value, '$[17]') AS top_level,
         json_extract(value, '$[18]') AS steps
     FROM json_each(:rows)
+),
+delta AS (
+    SELECT s.*
+    FROM incoming AS s
+    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
 ),
 locked AS (
     SELECT s.*, x.user_id IS NOT NULL AS found,
@@ -146,7 +152,7 @@ INSERT INTO challenge_goal_completions (namespace, user_id, challenge_id, goal_i
 
 -- update
 WITH
-delta AS (
+incoming AS (
     SELECT
         json_extract(value, '$[0]') AS user_id,
         json_extract(value, '$[1]') AS goal_id,
@@ -168,6 +174,12 @@ delta AS (
         json_extract(value, '$[17]') AS top_level,
         json_extract(value, '$[18]') AS steps
     FROM json_each(:rows)
+),
+delta AS (
+    SELECT s.*
+    FROM incoming AS s
+    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
 ),
 locked AS (
     SELECT s.*, x.user_id IS NOT NULL AS found,
@@ -294,7 +306,7 @@ UPDATE user_goal_progress AS t
 
 -- marks
 WITH
-delta AS (
+incoming AS (
     SELECT
         json_extract(value, '$[0]') AS user_id,
         json_extract(value, '$[1]') AS goal_id,
@@ -316,6 +328,12 @@ delta AS (
         json_extract(value, '$[17]') AS top_level,
         json_extract(value, '$[18]') AS steps
     FROM json_each(:rows)
+),
+delta AS (
+    SELECT s.*
+    FROM incoming AS s
+    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
 ),
 locked AS (
     SELECT s.*, x.user_id IS NOT NULL AS found,
