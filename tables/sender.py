@@ -28,7 +28,6 @@ from tables.write_result import Extra, WriteResult
 from tables.write_retry import FailureListener, WriteAttempts
 from tables.writer import Writer
 
-
 FlushListener = Callable[[Generation, WriteResult, float], None]
 
 
