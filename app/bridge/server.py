@@ -231,10 +231,10 @@ async def start_serving(
     stop: asyncio.Event,
 ) -> None:
     """Start the server and health. ASSIGNMENT_MODE=required: the challenge backend owns
-    user_goal_progress, so until it exists health is NOT_SERVING (the server already
-    answers health) and we wait for it (SPEC §5.1)."""
+    user_goal_progress, so until it exists readiness is NOT_SERVING (the server already
+    answers health, alive) and we wait for it (contract §5.1)."""
     if settings.assignment_mode == "required":
-        await monitor.set_all(False)
+        await monitor.set_ready(False)
         await server.start()
         await wait_for_progress_table(engine, stop, interval=settings.health_check_interval)
     await monitor.check_once()
