@@ -3,7 +3,7 @@
 A file (`CONFIG_PATH`) is re-read and validated first (`app.pipeline.reload_config`). A
 config given in `CHALLENGES_JSON` cannot change under a running process (its environment
 is fixed at exec), so the signal keeps the running config and the log says how to change
-it: deploy again with the new value (on Extend: edit the variable, redeploy the app).
+it: start again with the new value (on Extend: edit the variable, Restart and Apply).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def reload_from(source: ConfigSource, apply: Callable[[ChallengeConfig], None]) 
         extra={
             "source": source.label,
             "reason": f"{source.label} is read once at start; to change the config, "
-            "restart with the new value (on Extend: redeploy)",
+            "restart with the new value (on Extend: Restart and Apply)",
         },
     )
     return False

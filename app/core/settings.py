@@ -76,7 +76,7 @@ class Settings:
     challenges_json: str = setting(
         "CHALLENGES_JSON", "", text,
         "the challenge config itself (JSON, or base64 of it); wins over CONFIG_PATH; read "
-        "once at start (SIGHUP has nothing new to read: redeploy to change it)",
+        "once at start (SIGHUP has nothing new to read: restart with the new value)",
         secret=True,
     )  # fmt: skip
     # ---- database
