@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from app.core.challenges import ConfigError, load_config
@@ -131,6 +132,7 @@ def test_a_huge_value_is_refused_before_it_is_decoded():
     ]
 
 
+@examples(max_examples=60)
 @given(st.text(max_size=300))
 def test_any_text_is_a_config_or_a_refusal_naming_the_variable(raw: str):
     try:
@@ -139,6 +141,7 @@ def test_any_text_is_a_config_or_a_refusal_naming_the_variable(raw: str):
         assert all(p.startswith("CHALLENGES_JSON: ") for p in exc.problems)
 
 
+@examples(max_examples=60)
 @given(st.binary(max_size=300))
 def test_any_bytes_in_base64_are_a_config_or_a_refusal_naming_the_variable(raw: bytes):
     try:
