@@ -1,5 +1,11 @@
 """What every long-running mode does around its pipeline: the collector settled after
-start-up, and the SIGHUP config reload."""
+start-up, and the SIGHUP config reload.
+
+SIGHUP re-reads a config file (`CONFIG_PATH`), validated first. A config given in
+`CHALLENGES_JSON` cannot change under a running process (its environment is fixed at
+exec), so the signal keeps the running config and the log says how to change it: start
+again with the new value (on Extend: edit the variable, Restart and Apply).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.core.challenges import ChallengeConfig, ConfigError, load_config
+from app.core.config_source import ConfigSource
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +58,18 @@ def reload_config(path: Path, apply: Callable[[ChallengeConfig], None]) -> bool:
         extra={"path": str(path), "challenges": len(config.challenges), "goals": len(config.goals)},
     )
     return True
+
+
+def reload_from(source: ConfigSource, apply: Callable[[ChallengeConfig], None]) -> bool:
+    """SIGHUP: True when a new config was applied."""
+    if source.path is not None:
+        return reload_config(source.path, apply)
+    log.warning(
+        "config reload: nothing new to read, keeping the running config",
+        extra={
+            "source": source.label,
+            "reason": f"{source.label} is read once at start; to change the config, "
+            "restart with the new value (on Extend: Restart and Apply)",
+        },
+    )
+    return False

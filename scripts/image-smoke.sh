@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Build the unchanged Dockerfile with rootful podman and smoke-run the image as Extend
 # would run it:
-#   serve on the embedded SQLite default -> gRPC health SERVING (the image's own
-#   HEALTHCHECK) -> runs as the non-root user -> a login and a stat event -> the rows read
-#   back -> a GDPR deletion -> the rows gone -> SIGTERM -> exit code 0;
+#   the image: grpcio-tools not shipped (`import grpc_tools` fails);
+#   no database settings -> `serve` exits 2 with the one line naming DATABASE_URL / DB_HOST;
+#   serve on a SQLite file asked for explicitly (DATABASE_URL=sqlite:///...) -> liveness
+#   SERVING (the image's own HEALTHCHECK) and readiness SERVING -> the start line names the
+#   file -> runs as the non-root user -> a login and a stat event -> the rows read back ->
+#   a GDPR deletion -> the rows gone -> SIGTERM -> exit code 0;
+#   serve with the config in CHALLENGES_JSON (base64, one goal, unlike the baked file) ->
+#   SERVING -> a login writes that goal's row and no other;
 #   then, when a Kafka broker answers on KAFKA_BOOTSTRAP_SERVERS, the Kafka worker too:
 #   ready -> events produced -> row read back -> SIGTERM -> exit code 0.
 #
@@ -29,6 +34,11 @@ KAFKA_SMOKE="${IMAGE_SMOKE_KAFKA:-auto}"
 WAIT="${IMAGE_SMOKE_TIMEOUT:-120}"
 RUN_ID="$$-$RANDOM"
 CONTAINERS=()
+READINESS=(
+  accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService
+  accelbyte.social.statistic.v1.StatisticStatItemUpdatedService
+  accelbyte.iam.account.v1.DeletionAccountGdprGdprRequestDataDeletionResponseService
+)
 
 log() { printf '[image-smoke] %s\n' "$*" >&2; }
 die() { printf '[image-smoke] FAILED: %s\n' "$*" >&2; exit 1; }
@@ -163,18 +173,57 @@ progress_shows() {  # progress_shows NAME USER GOAL TEXT: a row "<challenge>  GO
   in_container "$1" python -m app progress "$2" 2>/dev/null | grep -E "^[^ ]+ +$3 +$4( |\$)" >/dev/null
 }
 
+health_of() {  # health_of NAME PORT SERVICE: the gRPC health status of SERVICE ("" = liveness)
+  in_container "$1" python -c "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;c=grpc.insecure_channel('127.0.0.1:$2');print(h.HealthCheckResponse.ServingStatus.Name(g.HealthStub(c).Check(h.HealthCheckRequest(service=sys.argv[1]),timeout=2).status))" "$3"
+}
+
+ready() {  # ready NAME PORT: every readiness name (the event and GDPR services) SERVING
+  local service
+  for service in "${READINESS[@]}"; do
+    [[ "$(health_of "$1" "$2" "$service")" == SERVING ]] || return 1
+  done
+}
+
+start_line_field() {  # start_line_field NAME FIELD: FIELD of the "gRPC server started" line
+  podman logs "$1" 2>&1 | grep '"event":"gRPC server started"' | head -1 |
+    python3 -c "import json,sys;print(json.loads(sys.stdin.read())[sys.argv[1]])" "$2"
+}
+
+# ------------------------------------------------------------------------- image
+smoke_image() {
+  if podman run --rm "$IMAGE" python -c "import grpc_tools" >/dev/null 2>&1; then
+    die "the image ships grpcio-tools (a build tool)"
+  fi
+  log "ok: grpcio-tools is not in the image"
+  local out code=0 errors
+  out="$(podman run --rm -e AB_NAMESPACE=mygame "$IMAGE" 2>&1 </dev/null)" || code=$?
+  [[ "$code" == 2 ]] || die "serve without database settings exited ${code}, expected 2: ${out}"
+  errors="$(grep '^error: ' <<<"$out" || true)"  # (podman may add warnings of its own)
+  [[ "$(wc -l <<<"$errors")" == 1 && "$errors" == "error: DATABASE_URL / DB_HOST: "* &&
+    "$errors" == *"DATABASE_URL=sqlite:///path"* && "$out" != *Traceback* ]] ||
+    die "serve without database settings did not say which variables to set: ${out}"
+  log "ok: serve without database settings exits 2 naming DATABASE_URL / DB_HOST"
+}
+
 # ------------------------------------------------------------------------- serve
 smoke_serve() {
   local name="smoke-serve-${RUN_ID}" grpc metrics user="smoke-${RUN_ID}"
+  local database=/app/data/smoke.db
   grpc="$(free_port)"; metrics="$(free_port)"
-  log "serve: starting on SQLite (gRPC ${grpc}, metrics ${metrics})"
+  log "serve: starting on the SQLite file ${database} asked for explicitly (gRPC ${grpc}, metrics ${metrics})"
   podman run -d --name "$name" --network=host \
-    -e AB_NAMESPACE=mygame -e GRPC_PORT="$grpc" -e METRICS_PORT="$metrics" \
+    -e AB_NAMESPACE=mygame -e DATABASE_URL="sqlite:///${database}" \
+    -e GRPC_PORT="$grpc" -e METRICS_PORT="$metrics" \
     -e BUFFER_FLUSH_INTERVAL=100ms "$IMAGE" >/dev/null
   CONTAINERS+=("$name")
-  # the image's own HEALTHCHECK: gRPC health must say SERVING
-  wait_until "serve: gRPC health SERVING (image HEALTHCHECK)" podman healthcheck run "$name" ||
+  # the image's own HEALTHCHECK: liveness (the overall gRPC health status) SERVING
+  wait_until "serve: liveness SERVING (image HEALTHCHECK)" podman healthcheck run "$name" ||
     show_logs_and_die "$name" "serve never became healthy"
+  wait_until "serve: readiness SERVING (event and GDPR services)" ready "$name" "$grpc" ||
+    show_logs_and_die "$name" "serve never became ready"
+  [[ "$(start_line_field "$name" database)" == "$database" ]] ||
+    show_logs_and_die "$name" "the start line does not name ${database}"
+  log "ok: serve's start line names its database ${database}"
   check_non_root "$name"
   local sent
   sent="$(in_container "$name" python -m app send --target "127.0.0.1:${grpc}" login --user "$user")"
@@ -204,6 +253,42 @@ smoke_serve() {
     show_logs_and_die "$name" "no 'shutdown complete' log line"
 }
 
+# ------------------------------------------------------------- CHALLENGES_JSON
+smoke_challenges_json() {
+  local name="smoke-config-${RUN_ID}" grpc metrics user="config-${RUN_ID}" config
+  grpc="$(free_port)"; metrics="$(free_port)"
+  # one goal, unlike the baked file's eleven: the rows show which config was used
+  config="$(printf '%s' '{"challenges":[{"challengeId":"from-env","name":"From the environment","goals":[{"goalId":"env-logins","eventSource":"login","type":"increment","requirement":{"targetValue":1000,"operator":">="}}]}]}' | base64 -w0)"
+  log "serve: starting with the config in CHALLENGES_JSON (gRPC ${grpc})"
+  podman run -d --name "$name" --network=host \
+    -e AB_NAMESPACE=mygame -e DATABASE_URL=sqlite:////app/data/config.db \
+    -e CHALLENGES_JSON="$config" -e GRPC_PORT="$grpc" -e METRICS_PORT="$metrics" \
+    -e BUFFER_FLUSH_INTERVAL=100ms "$IMAGE" >/dev/null
+  CONTAINERS+=("$name")
+  wait_until "serve with CHALLENGES_JSON: liveness SERVING" podman healthcheck run "$name" ||
+    show_logs_and_die "$name" "serve with CHALLENGES_JSON never became healthy"
+  wait_until "serve with CHALLENGES_JSON: readiness SERVING" ready "$name" "$grpc" ||
+    show_logs_and_die "$name" "serve with CHALLENGES_JSON never became ready"
+  [[ "$(start_line_field "$name" config)" == CHALLENGES_JSON &&
+    "$(start_line_field "$name" goals)" == 1 ]] ||
+    show_logs_and_die "$name" "the start line does not show the one goal of CHALLENGES_JSON"
+  local sent
+  sent="$(in_container "$name" python -m app send --target "127.0.0.1:${grpc}" login --user "$user")"
+  [[ "$sent" == OK* ]] || show_logs_and_die "$name" "login refused: ${sent}"
+  progress_shows "$name" "$user" env-logins "1 +in_progress" ||
+    show_logs_and_die "$name" "env-logins row of ${user} not found"
+  # the table's two header lines, then one row: no goal of the baked file was moved
+  [[ "$(in_container "$name" python -m app progress "$user" | tail -n +3 | wc -l)" == 1 ]] ||
+    show_logs_and_die "$name" "rows of goals other than CHALLENGES_JSON's written for ${user}"
+  log "ok: serve used CHALLENGES_JSON's config (one env-logins row, no goal of the baked file)"
+  podman logs "$name" 2>&1 | grep -qF "$config" &&
+    show_logs_and_die "$name" "CHALLENGES_JSON's value appears in the log"
+  stop_and_check_exit "$name"
+}
+
+# ------------------------------------------------------------------- tracing
+# (OpenTelemetry: its smoke steps go here, as their own function called from main)
+
 # ------------------------------------------------------------------------ worker
 kafka_answers() {
   local host="${KAFKA%%,*}"
@@ -215,7 +300,8 @@ smoke_worker() {
   metrics="$(free_port)"
   log "worker: starting against Kafka ${KAFKA} (namespace ${namespace})"
   podman run -d --name "$name" --network=host \
-    -e AB_NAMESPACE="$namespace" -e KAFKA_BOOTSTRAP_SERVERS="$KAFKA" \
+    -e AB_NAMESPACE="$namespace" -e DATABASE_URL=sqlite:////app/data/worker.db \
+    -e KAFKA_BOOTSTRAP_SERVERS="$KAFKA" \
     -e KAFKA_CONSUMER_GROUP="smoke-${RUN_ID}" -e METRICS_PORT="$metrics" \
     -e BUFFER_FLUSH_INTERVAL=100ms "$IMAGE" python -m app worker >/dev/null
   CONTAINERS+=("$name")
@@ -240,7 +326,10 @@ main() {
   write_containers_conf
   ensure_base
   build_image
+  smoke_image
   smoke_serve
+  smoke_challenges_json
+  # (tracing: its smoke step is called here)
   case "$KAFKA_SMOKE" in
     0) log "worker: skipped (IMAGE_SMOKE_KAFKA=0)" ;;
     1) smoke_worker ;;

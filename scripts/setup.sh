@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11) and installs the project with its test tools; generates the
-# gRPC modules from proto/ when the generator is present. Idempotent and quiet.
+# Creates .venv (Python 3.11) and installs the project with its test tools and the proto
+# generator (the `proto` extra: grpcio-tools, a build tool the image does not ship), then
+# generates the gRPC modules from proto/. Idempotent and quiet.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,7 +26,7 @@ stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "installing dependencies into .venv (pinned in pyproject.toml)" >&2
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,proto]'
   touch "$stamp"
 fi
 if [ -f scripts/gen_protos.py ]; then

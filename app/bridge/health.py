@@ -1,10 +1,17 @@
-"""gRPC health (grpc.health.v1) driven by a database probe.
+"""gRPC health (grpc.health.v1): liveness on the overall name, readiness on the services.
 
-SERVING only while `SELECT 1` answers within a short timeout (the config is loaded before
-the server starts, and a reload never unloads it) and writes are not stuck (flushes
-failing in a row, or one running far too long); NOT_SERVING otherwise, and for good
-once draining starts. The probe uses its own
-one-connection engine so a busy flush pool never makes a healthy database look down.
+- `""` (the overall status) is the **liveness** check: SERVING from the moment the server
+  listens until draining starts, whatever the database does. A platform that restarts a
+  container on a failed probe must not restart every replica during a database outage:
+  a restart cannot bring the database back, and the process recovers by itself.
+- The event services' names (and the GDPR service's) are the **readiness** check:
+  SERVING only while `SELECT 1` answers within a short timeout and writes are not stuck
+  (flushes failing in a row, or one running far too long); NOT_SERVING otherwise. The
+  config is loaded before the server starts and a reload never unloads it.
+- Draining (SIGTERM) turns every name NOT_SERVING for good.
+
+The probe uses its own one-connection engine so a busy flush pool never makes a healthy
+database look down. docs/deploy.md says what a platform does with each check.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LIVENESS = ""  # the overall status
 
 
 class HealthMonitor:
@@ -35,12 +43,12 @@ class HealthMonitor:
         writes_stuck: Callable[[], bool] | None = None,
     ):
         self.engine = engine
-        self.services = ("", *services)
+        self.readiness = services  # LIVENESS is not among them: it never follows the database
         self.interval = interval
         self.probe_timeout = probe_timeout or max(0.5, min(2.0, interval))
         self.writes_stuck = writes_stuck
-        self.servicer = health.aio.HealthServicer()
-        self.serving: bool | None = None
+        self.servicer = health.aio.HealthServicer()  # LIVENESS starts SERVING
+        self.serving: bool | None = None  # the readiness last set
         self._task: asyncio.Task[None] | None = None
 
     async def probe(self) -> bool:
@@ -56,14 +64,15 @@ class HealthMonitor:
                 await self.engine.dispose()  # drop a half-open connection
             return False
 
-    async def set_all(self, serving: bool) -> None:
+    async def set_ready(self, serving: bool) -> None:
+        """The readiness names; liveness stays SERVING until `drain`."""
         status = SERVING if serving else NOT_SERVING
-        for name in self.services:
+        for name in self.readiness:
             await self.servicer.set(name, status)
         if serving != self.serving:
             if self.serving is not None:
                 level = logging.INFO if serving else logging.WARNING
-                log.log(level, "health " + ("SERVING" if serving else "NOT_SERVING"))
+                log.log(level, "readiness " + ("SERVING" if serving else "NOT_SERVING"))
             self.serving = serving
 
     async def check_once(self) -> bool:
@@ -71,7 +80,7 @@ class HealthMonitor:
         if healthy and self.writes_stuck is not None and self.writes_stuck():
             log.debug("database answers but flushes keep failing")
             healthy = False
-        await self.set_all(healthy)
+        await self.set_ready(healthy)
         return healthy
 
     async def _run(self) -> None:
@@ -84,7 +93,7 @@ class HealthMonitor:
             self._task = asyncio.create_task(self._run(), name="health")
 
     async def drain(self) -> None:
-        """NOT_SERVING for good (shutdown), and stop probing."""
+        """Every name NOT_SERVING for good (shutdown), liveness too, and stop probing."""
         await self.stop()
         await self.servicer.enter_graceful_shutdown()
         self.serving = False

@@ -1,4 +1,4 @@
-"""`python -m app serve`: the AccelByte Extend event-bridge gRPC server (SPEC §1.1, §2, §6).
+"""`python -m app serve`: the AccelByte Extend event-bridge gRPC server (contract §1.1, §2, §6).
 
 One OnMessage call = decode + validate -> `Pipeline.submit` -> answer:
 - ACK_MODE=durable: wait (bounded) for the commit of the flush holding the event
@@ -8,7 +8,8 @@ One OnMessage call = decode + validate -> `Pipeline.submit` -> answer:
 - buffer full for longer than GRPC_BUFFER_WAIT (database down) -> UNAVAILABLE.
 
 Lifecycle: SIGTERM/SIGINT -> health NOT_SERVING, stop accepting, let in-flight calls
-finish, final flush, exit 0. SIGHUP -> reload CONFIG_PATH (validated first).
+finish, final flush, exit 0. SIGHUP -> reload CONFIG_PATH (validated first); a config
+from CHALLENGES_JSON cannot change, so SIGHUP only says so (app/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from app.bridge.shedding import OVERLOADED, Shedder, server_options
 from app.completions.service import CompletionPublishing
 from app.core.challenges import ChallengeConfig
 from app.core.clock import now_utc
+from app.core.config_source import ConfigSource, config_source
 from app.core.events import Event, InvalidEvent
 from app.core.settings import Settings
-from app.lifecycle import reload_config, settle_heap
+from app.lifecycle import reload_from, settle_heap
 from app.observability import metrics
 from app.pipeline import Pipeline
 from tables.accumulator import BufferFull, Closed
@@ -205,7 +207,7 @@ def build_server(
     return server
 
 
-def install_signals(stop: asyncio.Event, pipeline: Pipeline, config_path: Any) -> None:
+def install_signals(stop: asyncio.Event, pipeline: Pipeline, source: ConfigSource) -> None:
     """SIGTERM/SIGINT -> drain (a second one exits at once); SIGHUP -> reload config."""
     loop = asyncio.get_running_loop()
 
@@ -223,7 +225,7 @@ def install_signals(stop: asyncio.Event, pipeline: Pipeline, config_path: Any) -
     def use_config(config: ChallengeConfig) -> None:
         pipeline.config = config
 
-    loop.add_signal_handler(signal.SIGHUP, reload_config, config_path, use_config)
+    loop.add_signal_handler(signal.SIGHUP, reload_from, source, use_config)
 
 
 async def start_serving(
@@ -234,10 +236,10 @@ async def start_serving(
     stop: asyncio.Event,
 ) -> None:
     """Start the server and health. ASSIGNMENT_MODE=required: the challenge backend owns
-    user_goal_progress, so until it exists health is NOT_SERVING (the server already
-    answers health) and we wait for it (SPEC §5.1)."""
+    user_goal_progress, so until it exists readiness is NOT_SERVING (the server already
+    answers health, alive) and we wait for it (contract §5.1)."""
     if settings.assignment_mode == "required":
-        await monitor.set_all(False)
+        await monitor.set_ready(False)
         await server.start()
         await wait_for_progress_table(engine, stop, interval=settings.health_check_interval)
     await monitor.check_once()
@@ -249,11 +251,14 @@ async def start_serving(
 async def serve(settings: Settings, config: ChallengeConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     if not settings.grpc_supervised:  # the supervisor migrated once for all its workers
-        log.info("migrating database schema")
+        log.info("migrating database schema", extra={"database": settings.database_label})
         try:
             await upgrade_async(settings.database_url, assignment_mode=settings.assignment_mode)
         except Exception as exc:  # unreachable database, bad credentials: exit 1, no traceback
-            log.error("database schema upgrade failed", extra={"error": str(exc)[:500]})
+            log.error(
+                "database schema upgrade failed",
+                extra={"database": settings.database_label, "error": str(exc)[:500]},
+            )
             return 1
     pipeline = Pipeline.open(settings, config, record_event_ids=True)
     health_engine = make_engine(settings.database_url, pool_size=1)
@@ -279,7 +284,8 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
         await health_engine.dispose()
         return 1
     stop = asyncio.Event()
-    install_signals(stop, pipeline, settings.config_path)
+    source = config_source(settings)
+    install_signals(stop, pipeline, source)
 
     settle_heap()  # start-up done: the collector tuned for what traffic keeps alive
     pipeline.start()
@@ -292,6 +298,8 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
             "grpc_port": settings.grpc_port,
             "metrics_port": settings.metrics_port,
             "namespace": settings.namespace,
+            "database": settings.database_label,
+            "config": source.label,
             "ack_mode": settings.ack_mode,
             "flush_interval_ms": int(settings.flush_interval * 1000),
             "goals": len(config.goals),

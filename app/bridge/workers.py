@@ -40,10 +40,14 @@ def _serve_merged_metrics(port: int, directory: str) -> None:
 
 
 def supervise(settings: Settings) -> int:
+    log.info("migrating database schema", extra={"database": settings.database_label})
     try:
         asyncio.run(upgrade_async(settings.database_url))
     except Exception as exc:
-        log.error("database schema upgrade failed", extra={"error": str(exc)[:500]})
+        log.error(
+            "database schema upgrade failed",
+            extra={"database": settings.database_label, "error": str(exc)[:500]},
+        )
         return 1
     metrics_dir = tempfile.mkdtemp(prefix="challenge-metrics-")
     env = {
@@ -73,6 +77,7 @@ def supervise(settings: Settings) -> int:
             extra={
                 "workers": len(workers),
                 "grpc_port": settings.grpc_port,
+                "database": settings.database_label,
                 "pids": [w.pid for w in workers],
             },
         )

@@ -11,7 +11,7 @@ from app.bridge.client import login_message, send, stat_message
 from app.bridge.gdpr import gdpr_message
 from app.bridge.server import serve
 from app.bridge.workers import supervise
-from app.core.challenges import load_config
+from app.core.config_source import config_source
 from app.core.settings import Settings
 from app.observability.logs import setup_logging
 from app.observability.metrics import serve_metrics
@@ -48,8 +48,9 @@ def register(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     settings.require_namespace()
+    settings.require_database()
     setup_logging(settings.log_level, settings.log_format)
-    config = load_config(settings.config_path)  # ConfigError -> exit 2 (cli.main)
+    config = config_source(settings).load()  # ConfigError -> exit 2 (cli.main)
     if settings.grpc_workers > 1:
         return supervise(settings)
     if not settings.grpc_supervised:  # supervised workers: the supervisor serves /metrics

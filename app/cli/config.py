@@ -1,11 +1,16 @@
-"""`config check [PATH]`: validate challenges.json and summarise it."""
+"""`config check [PATH]`: validate the challenge config and summarise it.
+
+Without PATH it checks what `serve` would load: `CHALLENGES_JSON` when set, else the
+`CONFIG_PATH` file, and says which one it checked."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from app.core.challenges import ChallengeConfig, load_config
+from app.core.challenges import ChallengeConfig
+from app.core.config_source import ConfigSource, config_source
 from app.core.settings import Settings
 
 
@@ -13,7 +18,9 @@ def register(sub: Any) -> None:
     config = sub.add_parser("config", help="challenge config tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate challenges.json and summarise it")
-    check.add_argument("path", nargs="?", help="file to check (default: CONFIG_PATH)")
+    check.add_argument(
+        "path", nargs="?", help="file to check (default: CHALLENGES_JSON, else CONFIG_PATH)"
+    )
     check.set_defaults(handler=cmd_config_check)
 
 
@@ -34,8 +41,12 @@ def describe_config(config: ChallengeConfig) -> list[str]:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    path = args.path or str(Settings.from_env().config_path)
-    config = load_config(path)
-    print(f"{path}: OK")
+    if args.path:
+        source = ConfigSource(args.path, Path(args.path))
+    else:
+        source = config_source(Settings.from_env())
+    config = source.load()
+    where = "" if source.reloadable else " (from the environment; it wins over CONFIG_PATH)"
+    print(f"{source.label}: OK{where}")
     print("\n".join(describe_config(config)))
     return 0

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from app.core.database_url import redact
 from app.core.settings import Settings
 from app.observability.logs import setup_logging
 from tables.migrate import upgrade_async
@@ -16,14 +17,6 @@ def register(sub: Any) -> None:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     up = db_sub.add_parser("upgrade", help="create/upgrade the schema (Alembic)")
     up.set_defaults(handler=cmd_db_upgrade)
-
-
-def redact(url: str) -> str:
-    """A database URL without its credentials, for output."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

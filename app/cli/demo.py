@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.cli.config import describe_config
 from app.cli.progress import fetch_progress, progress_table
 from app.cli.replay import run_file
-from app.core.challenges import load_config
+from app.core.config_source import config_source
 from app.core.settings import Settings
 from app.observability.logs import setup_logging
 from tables.db import make_engine
@@ -56,8 +56,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env.setdefault("LOG_LEVEL", "warning")
     settings = Settings.from_env(env)
     setup_logging(settings.log_level, settings.log_format)
-    config = load_config(settings.config_path)
-    print(f"config {settings.config_path}: {describe_config(config)[0]}")
+    source = config_source(settings)
+    print(f"config {source.label}: {describe_config(source.load())[0]}")
     print(f"replaying {args.events} into {db} (embedded SQLite)\n")
     summary = asyncio.run(run_file(settings, Path(args.events)))
     print("\n".join(summary.report()))

@@ -20,12 +20,12 @@ from tenacity import (
 )
 
 from agents.worker import build_worker
-from app.core.challenges import load_config
+from app.core.config_source import config_source
 from app.core.settings import Settings
 from app.kafka.admin import ensure_event_topics
 from app.kafka.produce import produce_file
 from app.kafka.topics import Topics
-from app.lifecycle import reload_config, settle_heap
+from app.lifecycle import reload_from, settle_heap
 from app.observability.logs import setup_logging
 from app.observability.metrics import serve_metrics
 from tables.db import is_transient
@@ -61,8 +61,10 @@ def migrate_waiting(database_url: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     namespace = settings.require_namespace()
+    settings.require_database()
     setup_logging(settings.log_level, settings.log_format)
-    config = load_config(settings.config_path)
+    source = config_source(settings)
+    config = source.load()
     migrate_waiting(settings.database_url)
     asyncio.run(ensure_event_topics(settings))
     serve_metrics(settings.metrics_port)
@@ -70,9 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     asyncio.set_event_loop(loop)
     kafka = build_worker(settings, config)
     # before anything runs: SIGHUP's default action would end the process
-    loop.add_signal_handler(
-        signal.SIGHUP, reload_config, settings.config_path, kafka.runtime.use_config
-    )
+    loop.add_signal_handler(signal.SIGHUP, reload_from, source, kafka.runtime.use_config)
     topics = Topics(namespace, settings.kafka_consumer_group)
     log.info(
         "kafka worker starting",
@@ -81,6 +81,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "topics": sorted(topics.sources),
             "repartition_topic": topics.repartition,
             "partitions": settings.kafka_repartition_partitions,
+            "database": settings.database_label,
+            "config": source.label,
         },
     )
     worker = faust.Worker(

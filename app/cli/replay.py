@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app.core.challenges import load_config
 from app.core.clock import utc_naive
+from app.core.config_source import config_source
 from app.core.settings import Settings, SettingsError
 from app.kafka.replay import replay_range
 from app.lifecycle import settle_heap
 from app.observability.logs import setup_logging
 from app.pipeline import running
 from app.replay import ReplaySummary, replay_file
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -35,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 async def run_file(settings: Settings, path: Path) -> ReplaySummary:
-    config = load_config(settings.config_path)
+    config = config_source(settings).load()
     async with running(settings, config) as pipeline:
         return await replay_file(pipeline, path)
 
@@ -56,7 +59,7 @@ def replay_topic(settings: Settings, args: argparse.Namespace) -> int:
     end_time = parse_time("--to-time", args.to_time)
     if args.from_offset is not None and args.from_offset < 0:
         raise SettingsError("--from-offset: must be >= 0")
-    config = load_config(settings.config_path)
+    config = config_source(settings).load()
     summary = asyncio.run(
         replay_range(
             settings,
@@ -71,11 +74,24 @@ def replay_topic(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def log_start(settings: Settings, what: str) -> None:
+    """The start line names the input, the database the rows go to and the config."""
+    log.info(
+        "replay starting",
+        extra={
+            "input": what,
+            "database": settings.database_label,
+            "config": config_source(settings).label,
+        },
+    )
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     setup_logging(settings.log_level, settings.log_format)
     settle_heap()  # a replay holds many events at once: the collector tuned for it
     if args.topic:
+        log_start(settings, f"topic {args.topic}")
         return replay_topic(settings, args)
     if not args.file:
         print("error: give a JSON-lines FILE or --topic TOPIC", file=sys.stderr)
@@ -84,6 +100,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"error: {path}: no such file", file=sys.stderr)
         return 2
+    log_start(settings, str(path))
     summary = asyncio.run(run_file(settings, path))
     print("\n".join(summary.report()))
     return 0

@@ -1,5 +1,5 @@
-"""challenges.json -> one immutable model and the goal index (SPEC §3). Pure, no I/O
-beyond reading the file.
+"""challenges.json -> one immutable model and the goal index (docs/contract.md §3). Pure,
+no I/O beyond reading the file.
 
 Two dialects exist in the wild (camelCase with `challengeId`/`goalId`, and a legacy
 snake_case one with `id`, `event_source: "statistic:<code>"`, `target_value`). Keys are
@@ -454,17 +454,33 @@ def load_config(path: str | Path) -> ChallengeConfig:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    return config_from_json(text, str(path))
+
+
+def read_json(text: str, where: str) -> Any:
+    """JSON text -> data; a ConfigError naming `where` when it is not JSON."""
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}"]) from None
+        raise ConfigError([f"{where}: invalid JSON at line {exc.lineno}: {exc.msg}"]) from None
     except RecursionError:
-        raise ConfigError([f"{path}: invalid JSON: nested too deeply"]) from None
+        raise ConfigError([f"{where}: invalid JSON: nested too deeply"]) from None
+
+
+def config_from_data(data: Any, where: str) -> ChallengeConfig:
+    """`parse_config`, with every unforeseen failure a ConfigError naming `where`."""
     try:
         return parse_config(data)
     except ConfigError:
         raise
     except RecursionError:
-        raise ConfigError([f"{path}: config nested too deeply"]) from None
+        raise ConfigError([f"{where}: config nested too deeply"]) from None
     except Exception as exc:  # a shape the readers did not foresee: refuse, never crash
-        raise ConfigError([f"{path}: unusable config: {type(exc).__name__}: {exc}"[:300]]) from None
+        raise ConfigError(
+            [f"{where}: unusable config: {type(exc).__name__}: {exc}"[:300]]
+        ) from None
+
+
+def config_from_json(text: str, where: str) -> ChallengeConfig:
+    """JSON text -> validated config (the file's and the environment's one way in)."""
+    return config_from_data(read_json(text, where), where)

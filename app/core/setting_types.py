@@ -151,7 +151,9 @@ def optional_database_url(name: str, raw: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Declaration:
     """One environment variable: its name, documented default, parser, one-line doc and
-    the docs section it is listed under. `secret`: never printed with its value."""
+    the docs section it is listed under. `secret`: never printed with its value.
+    `required`: the services need it set (.env.template leaves it uncommented, as the
+    Extend templates list what a developer must fill in)."""
 
     env: str
     default: str
@@ -159,14 +161,22 @@ class Declaration:
     doc: str
     group: str
     secret: bool = False
+    required: bool = False
 
 
 def setting(
-    env: str, default: str, parse: Parser, doc: str, *, group: str = "core", secret: bool = False
+    env: str,
+    default: str,
+    parse: Parser,
+    doc: str,
+    *,
+    group: str = "core",
+    secret: bool = False,
+    required: bool = False,
 ) -> Any:
     """A Settings field declared by its variable: the Python default is the documented
     default parsed, so the two cannot disagree."""
-    declaration = Declaration(env, default, parse, doc, group, secret)
+    declaration = Declaration(env, default, parse, doc, group, secret, required)
     value = parse(env, default)
     return field(default=value, metadata={"declaration": declaration})
 

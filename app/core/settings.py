@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from app.core.database_url import describe
 from app.core.setting_types import (
     Declaration,
     SettingsError,
@@ -66,6 +67,7 @@ class Settings:
         "AB_NAMESPACE", "", text,
         "game namespace; required by `serve` and `worker`, events of other namespaces are "
         "acknowledged and skipped",
+        required=True,
     )  # fmt: skip
     config_path: Path = setting(
         "CONFIG_PATH", "config/challenges.json", path_value,
@@ -73,13 +75,16 @@ class Settings:
     )  # fmt: skip
     challenges_json: str = setting(
         "CHALLENGES_JSON", "", text,
-        "the challenge config itself (JSON or base64 of it); wins over CONFIG_PATH", secret=True,
+        "the challenge config itself (JSON, or base64 of it); wins over CONFIG_PATH; read "
+        "once at start (SIGHUP has nothing new to read: restart with the new value)",
+        secret=True,
     )  # fmt: skip
     # ---- database
     database_url: str = setting(
         "DATABASE_URL", "", optional_database_url,
-        "`postgresql://user:pass@host:5432/db` or `sqlite:///path`; the async driver is "
-        "picked by the app", group="database", secret=True,
+        "`postgresql://user:pass@host:5432/db` or `sqlite:///path` (the async driver is "
+        "picked by the app); `serve` and `worker` need it or DB_HOST",
+        group="database", secret=True, required=True,
     )  # fmt: skip
     db_host: str = setting(
         "DB_HOST", "localhost", text, "used when DATABASE_URL is unset", group="database"
@@ -267,6 +272,11 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
     @property
+    def database_label(self) -> str:
+        """Where the rows go, for start lines: `host:port/db` or the SQLite file."""
+        return describe(self.database_url)
+
+    @property
     def kafka_bootstrap_list(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
 
@@ -290,6 +300,18 @@ class Settings:
         if not self.namespace:
             raise SettingsError("AB_NAMESPACE: required in this mode (the game namespace)")
         return self.namespace
+
+    def require_database(self) -> str:
+        """`serve` and `worker` never fall back to the embedded file: in a container it
+        dies with the container, and a service would answer OK while losing every row."""
+        if self.embedded_database:
+            raise SettingsError(
+                "DATABASE_URL / DB_HOST: not set, and `serve` and `worker` do not fall back to "
+                "the embedded SQLite file (it dies with the container): set "
+                "DATABASE_URL=postgresql://user:pass@host:5432/db or DB_HOST and the other "
+                "DB_* variables, or ask for a file explicitly: DATABASE_URL=sqlite:///path"
+            )
+        return self.database_url
 
 
 def _declared() -> Iterator[tuple[str, Declaration]]:

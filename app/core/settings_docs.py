@@ -53,17 +53,25 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def _template_line(d: Declaration) -> str:
+    """A required variable is left uncommented and empty, to be filled in; the others are
+    commented out with their default."""
+    return f"{d.env}=" if d.required else f"#{d.env}={d.default}"
+
+
 def env_template() -> str:
-    """.env.template: every variable with its default, commented out, and its doc."""
+    """.env.template: every variable with its doc; the required ones to fill in, the
+    others commented out with their default."""
     lines = [
-        "# Every setting of the challenge event handler, with its default (generated from",
-        "# app/core/settings.py by scripts/gen_settings_docs.py; docs/settings.md explains).",
-        "# Copy to .env, uncomment what you change. On Extend set them as variables/secrets.",
+        "# Every setting of the challenge event handler (generated from app/core/settings.py",
+        "# by scripts/gen_settings_docs.py; docs/settings.md explains). Copy to .env and fill",
+        "# in the uncommented ones (blank counts as unset); uncomment what else you change.",
+        "# On Extend set them as the app's variables, the ones marked (secret) as secrets.",
     ]
     for group, title in GROUPS.items():
         lines += ["", f"# ---- {title}"]
         for d in declarations():
             if d.group == group:
                 secret = " (secret)" if d.secret else ""
-                lines += [f"# {d.doc}{secret}", f"#{d.env}={d.default}"]
+                lines += [f"# {d.doc}{secret}", _template_line(d)]
     return "\n".join(lines) + "\n"

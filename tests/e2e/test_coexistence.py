@@ -1,6 +1,6 @@
-"""Beside the AccelByte challenge backend (SPEC §5.1): its `user_goal_progress` is never
-altered, never created in ASSIGNMENT_MODE=required (we wait for it, NOT_SERVING), and
-the table we create in auto mode is the backend's, catalog for catalog."""
+"""Beside the AccelByte challenge backend (contract §5.1): its `user_goal_progress` is never
+altered, never created in ASSIGNMENT_MODE=required (we wait for it, alive but not ready),
+and the table we create in auto mode is the backend's, catalog for catalog."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from tests.helpers.backend import (
     run_sql,
 )
 from tests.helpers.grpc import (
+    LIVENESS,
+    LOGIN_SERVICE,
     NOT_SERVING,
     OK,
     SERVING,
@@ -74,7 +76,7 @@ def empty_db(postgres_server_url: str):
 
 
 def test_backend_ddl_is_the_spec(backend_db):
-    """The reference itself: index names exactly as SPEC §5.1 lists them."""
+    """The reference itself: index names exactly as contract §5.1 lists them."""
     found = asyncio.run(definition(backend_db))
     assert {name for name, _ in found["indexes"]} == BACKEND_INDEXES
 
@@ -133,7 +135,8 @@ async def test_required_waits_for_the_backend_then_serves(empty_db, tmp_path):
         tmp_path / "serve.log",
     ).start()
     try:
-        await server.wait_health(NOT_SERVING)
+        await server.wait_ready(NOT_SERVING)
+        assert await server.health(LIVENESS) == SERVING  # alive: a restart would not help
         await wait_until_async(
             lambda: "waiting for the challenge backend" in server.log_text(),
             timeout=30,
@@ -142,12 +145,13 @@ async def test_required_waits_for_the_backend_then_serves(empty_db, tmp_path):
         # several probes later it still waits and has created nothing (the scenario: a
         # second of probes every 200 ms, asserted each time, not a wait for a state)
         for _ in range(5):
-            assert await server.health() == NOT_SERVING
+            assert await server.health(LOGIN_SERVICE) == NOT_SERVING
+            assert await server.health(LIVENESS) == SERVING
             await asyncio.sleep(0.2)
         assert await definition(empty_db) == {}
 
         await run_sql(empty_db, BACKEND_DDL)  # the backend migrates
-        await server.wait_health(SERVING)
+        await server.wait_ready(SERVING)
         assert "user_goal_progress appeared" in server.log_text()
         await run_sql(
             empty_db,
@@ -173,7 +177,7 @@ async def test_required_stops_cleanly_while_waiting(empty_db, tmp_path):
         server_env(empty_db, config, ASSIGNMENT_MODE="required"), tmp_path / "serve.log"
     ).start()
     try:
-        await server.wait_health(NOT_SERVING)
+        await server.wait_ready(NOT_SERVING)
         assert server.terminate(timeout=30) == 0, server.log_tail()
     finally:
         server.stop_quietly()

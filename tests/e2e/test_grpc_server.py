@@ -21,8 +21,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.helpers.grpc import (
     INVALID,
+    LIVENESS,
     LOGIN_SERVICE,
     OK,
+    READINESS,
     ROOT,
     SERVING,
     STAT_SERVICE,
@@ -60,7 +62,7 @@ async def bridge(server: Server) -> AsyncIterator[Bridge]:
         yield client
 
 
-# --------------------------------------------------------------------- validation (SPEC §2)
+# --------------------------------------------------------------------- validation (contract §2)
 
 STAT_NO_PAYLOAD = pb.stat_pb2.StatItemUpdated(id="e1", namespace="mygame", user_id="u1")
 STAT_EMPTY_CODE = pb.stat_pb2.StatItemUpdated(
@@ -188,8 +190,9 @@ async def test_redelivered_event_id_counts_once(bridge: Bridge, pg_url: str):
 
 
 async def test_health_serving_for_all_service_names(server: Server):
-    for name in ("", LOGIN_SERVICE, STAT_SERVICE):
+    for name in (LIVENESS, *READINESS):
         assert await server.health(name) == SERVING
+    assert await server.health("no.such.Service") is None  # NOT_FOUND: not a name we serve
 
 
 async def test_reflection_lists_the_services(server: Server):

@@ -48,6 +48,11 @@ async def test_two_worker_processes_share_the_port(pg_url, tmp_path):
         assert {rows[(u, "logins")]["progress"] for u in people} == {5}
         assert await server.metric("challenge_event_handler_events_total", 'source="grpc"') == 200
         assert _started(server) == 2
+        database = pg_url.rpartition("/")[2]
+        supervisor = next(
+            line for line in server.log_text().splitlines() if "gRPC workers started" in line
+        )
+        assert f'"database":"127.0.0.1:5432/{database}"' in supervisor
         worker_pids = [int(p) for p in _children(server.proc.pid)]
         assert len(worker_pids) == 2
         assert server.terminate() == 0

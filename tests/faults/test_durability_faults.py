@@ -1,6 +1,6 @@
-"""Issue 8 with real processes: a row lock held by a second real PostgreSQL session (the
-backend's claim), writes that keep failing while the database answers, shutdown with the
-database down, and Kafka exactness under a held lock."""
+"""Writes under faults with real processes: a row lock held by a second real PostgreSQL
+session (the backend's claim), writes that keep failing while the database answers,
+shutdown with the database down, and Kafka exactness under a held lock."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.core.settings import async_database_url
 from tables.db import make_engine
 from tests.helpers.faults import RowLock
 from tests.helpers.grpc import (
+    LIVENESS,
     NOT_SERVING,
     SERVING,
     Bridge,
@@ -114,12 +115,13 @@ async def test_health_not_serving_while_flushes_keep_failing(pg_url, tmp_path, s
                 await conn.execute(text("ALTER TABLE user_goal_progress RENAME TO ugp_renamed"))
             try:
                 calls = asyncio.ensure_future(bridge.call_all([login(u) for u in people]))
-                await server.wait_health(NOT_SERVING, deadline=15)
+                await server.wait_ready(NOT_SERVING, deadline=15)
+                assert await server.health(LIVENESS) == SERVING  # alive, only not ready
                 assert not calls.done()
             finally:
                 async with engine.begin() as conn:
                     await conn.execute(text("ALTER TABLE ugp_renamed RENAME TO user_goal_progress"))
-            await server.wait_health(SERVING, deadline=20)
+            await server.wait_ready(SERVING, deadline=20)
             assert codes(await calls) == {"OK": 5}
     finally:
         await engine.dispose()

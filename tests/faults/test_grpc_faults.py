@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from tests.helpers.grpc import (
+    LIVENESS,
     NOT_SERVING,
     OK,
     SERVING,
@@ -151,7 +152,8 @@ async def test_database_outage_under_load(pg_url: str, tmp_path: Path, started, 
             await _until(lambda: sum(sent.values()) >= 200, 20, "traffic")
             try:
                 outage.stop("pg")
-                await server.wait_health(NOT_SERVING, deadline=10)
+                await server.wait_ready(NOT_SERVING, deadline=10)
+                assert await server.health(LIVENESS) == SERVING  # no restart for an outage
                 ok_before = sum(sent.values())
                 await asyncio.sleep(8)  # the scenario: an 8 s outage under load, not a wait
                 # acks stop while the database is down (at most the flush in flight lands)
@@ -159,7 +161,7 @@ async def test_database_outage_under_load(pg_url: str, tmp_path: Path, started, 
                 assert await server.metric("challenge_event_handler_buffer_size") <= 100
             finally:
                 outage.start("pg")
-            await server.wait_health(SERVING, deadline=30)
+            await server.wait_ready(SERVING, deadline=30)
             ok_after_restart = sum(sent.values())
             await _until(lambda: sum(sent.values()) > ok_after_restart + 100, 30, "acks")
         finally:

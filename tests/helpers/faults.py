@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import threading
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from tests.helpers.process import ROOT
+from tests.helpers.process import ROOT, free_port
 
 
 def services(*args: str) -> None:
@@ -79,3 +83,90 @@ class RowLock:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.release()
+
+
+class TcpGate:
+    """A TCP forwarder in front of a real server that can be cut: every connection
+    through it dropped and new ones refused, as when the database host goes away, while
+    the shared server itself keeps running for everyone else.
+
+        gate = TcpGate.before(pg_url)        # gate.url: the same database, through the gate
+        gate.cut(); ...; gate.restore()      # gate.close() at the end
+    """
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.url = ""
+
+    @classmethod
+    def before(cls, url: str) -> TcpGate:
+        parts = urlsplit(url)
+        gate = cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{gate.port}" if credentials else f"127.0.0.1:{gate.port}"
+        gate.url = urlunsplit(parts._replace(netloc=netloc))
+        gate.restore()
+        return gate
+
+    def restore(self) -> None:
+        """Accept connections again (on the same port)."""
+        listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR on POSIX
+        with self._lock:
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Refuse new connections and drop every open one."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            open_sockets, self._sockets = self._sockets, set()
+        if listener is not None:
+            _shut(listener)  # wakes the accept() blocked in its thread
+        for sock in open_sockets:
+            _shut(sock)
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _shut(client)
+                continue
+            with self._lock:
+                late = self._listener is not listener  # cut while this one connected
+                if not late:
+                    self._sockets |= {client, upstream}
+            if late:
+                _shut(client)
+                _shut(upstream)
+                return
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:  # the other side went, or the gate was cut
+        return
+    finally:
+        _shut(source)
+        _shut(sink)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

@@ -34,6 +34,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LOGIN_SERVICE = "accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService"
 STAT_SERVICE = "accelbyte.social.statistic.v1.StatisticStatItemUpdatedService"
+GDPR_SERVICE = "accelbyte.iam.account.v1.DeletionAccountGdprGdprRequestDataDeletionResponseService"
+LIVENESS = ""  # the overall status: the process serves calls at all
+READINESS = (LOGIN_SERVICE, STAT_SERVICE, GDPR_SERVICE)  # database reachable, writes flow
 
 pb = load_protos()
 
@@ -145,7 +148,7 @@ class Server(ServiceProcess):
         self.start_process()
         return self
 
-    async def health(self, service: str = "") -> int | None:
+    async def health(self, service: str = LIVENESS) -> int | None:
         """The health status, or None when the server does not answer."""
         async with grpc.aio.insecure_channel(self.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -155,7 +158,9 @@ class Server(ServiceProcess):
                 return None
             return reply.status
 
-    async def wait_health(self, status: int = SERVING, deadline: float = 30.0) -> None:
+    async def wait_health(
+        self, status: int = SERVING, deadline: float = 30.0, service: str = LIVENESS
+    ) -> None:
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             assert self.proc is not None
@@ -163,10 +168,17 @@ class Server(ServiceProcess):
                 raise AssertionError(
                     f"server exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
-            if await self.health() == status:
+            if await self.health(service) == status:
                 return
             await asyncio.sleep(0.1)
-        raise AssertionError(f"health never became {status} in {deadline}s:\n{self.log_tail()}")
+        raise AssertionError(
+            f"health of {service!r} never became {status} in {deadline}s:\n{self.log_tail()}"
+        )
+
+    async def wait_ready(self, status: int = SERVING, deadline: float = 30.0) -> None:
+        """Every readiness name at `status` (they move together)."""
+        for service in READINESS:
+            await self.wait_health(status, deadline, service)
 
     async def metrics(self) -> str:
         return await asyncio.to_thread(scrape, self.metrics_port)

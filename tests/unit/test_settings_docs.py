@@ -32,7 +32,7 @@ def test_every_variable_is_declared_once_and_documented():
         assert d.group in GROUPS or d.group == "internal", d.env
         if d.group != "internal":
             assert f"`{d.env}`" in markdown()
-            assert f"#{d.env}=" in env_template()
+            assert f"\n{'' if d.required else '#'}{d.env}=" in env_template()
 
 
 def test_python_defaults_are_the_documented_defaults_parsed():
