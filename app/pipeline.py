@@ -26,7 +26,7 @@ from app.core.challenges import ChallengeConfig, ConfigError, Goal, Source, load
 from app.core.dedup import DedupWindow
 from app.core.events import Event, EventType
 from app.core.settings import Settings
-from app.observability import metrics
+from app.observability import metrics, tracing
 from tables.buffer import BufferFull, Flusher, Generation
 from tables.db import make_engine
 from tables.migrate import upgrade_async
@@ -178,6 +178,8 @@ class Pipeline:
                 return earlier  # the original's generation: wait for its commit
         generation, moved = await self.flusher.add(event, goals, timeout=timeout, urgent=urgent)
         self._added(event, generation, moved)
+        if tracing.active:
+            tracing.note_goals(moved)
         metrics.PROCESSED.inc()  # the buffer_size gauge is set per flush, not per event
         metrics.PROCESSING.observe(time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
@@ -294,6 +296,8 @@ class Pipeline:
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+        if tracing.active:  # linked to the traced calls it acknowledges
+            tracing.record_flush(generation, result, elapsed)
 
     def _retrying(self, exc: BaseException, attempt: int) -> None:
         metrics.FLUSH_RETRIES.inc()

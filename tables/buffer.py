@@ -147,6 +147,9 @@ class Generation:
     waiters: Waiters = field(default_factory=Waiters)
     # Users whose rows were held by another transaction: their callers wait on these.
     held: dict[str, Waiters] = field(default_factory=dict)
+    # Tracing on only: span contexts of the calls whose events this generation holds,
+    # for the flush span's links (app/observability/tracing.py).
+    trace_links: list[Any] | None = None
 
     def add(self, event: Event, goals: Iterable[Goal]) -> int:
         """Merge the event into its deltas; returns how many goals it moved."""

@@ -35,7 +35,7 @@ from app.core.challenges import ChallengeConfig
 from app.core.clock import now_utc
 from app.core.events import Event, InvalidEvent
 from app.core.settings import Settings
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.pipeline import Pipeline, reload_config, settle_heap
 from tables.buffer import ABORTED, COMMITTED, BufferFull, Closed
 from tables.db import make_engine
@@ -147,6 +147,8 @@ class EventHandler:
             return grpc.StatusCode.UNAVAILABLE, "buffer full: database not keeping up, retry"
         except Closed:
             return grpc.StatusCode.UNAVAILABLE, "server is shutting down, retry"
+        if tracing.active:  # the event on the call's span, the call on its flush's links
+            tracing.note_call(event, generation)
         if generation is None or not durable:
             return OK, ""
         # Waits for this user's rows only: a row another transaction holds delays its
@@ -162,7 +164,8 @@ class EventHandler:
 
 
 def _add_event_services(server: grpc.aio.Server, handler: EventHandler) -> None:
-    """Both OnMessage methods take the raw request bytes; app/bridge/wire.py decodes them."""
+    """Both OnMessage methods take the raw request bytes; app/bridge/wire.py decodes them.
+    With tracing on each call runs in a span (off: registered as they are)."""
     login_method, stat_method, handle = handler.login, handler.stat, handler.handle
 
     async def login(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -171,7 +174,11 @@ def _add_event_services(server: grpc.aio.Server, handler: EventHandler) -> None:
     async def stat(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await handle(stat_method, request, context)
 
-    wire.add_event_services(server, login, stat)
+    wire.add_event_services(
+        server,
+        tracing.server_call(LOGIN_METHOD, login),
+        tracing.server_call(STAT_METHOD, stat),
+    )
 
 
 def build_server(
@@ -290,6 +297,7 @@ async def serve(settings: Settings, config: ChallengeConfig) -> int:
             "ack_mode": settings.ack_mode,
             "flush_interval_ms": int(settings.flush_interval * 1000),
             "goals": len(config.goals),
+            "tracing": tracing.active,
         },
     )
     await stop.wait()

@@ -13,6 +13,7 @@ from app.bridge.server import serve
 from app.bridge.workers import supervise
 from app.core.challenges import load_config
 from app.core.settings import Settings
+from app.observability import tracing
 from app.observability.logs import setup_logging
 from app.observability.metrics import serve_metrics
 
@@ -52,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(settings.config_path)  # ConfigError -> exit 2 (cli.main)
     if settings.grpc_workers > 1:
         return supervise(settings)
+    tracing.setup(settings.otel_zipkin_endpoint, settings.otel_service_name)  # per worker
     if not settings.grpc_supervised:  # supervised workers: the supervisor serves /metrics
         serve_metrics(settings.metrics_port)
     return asyncio.run(serve(settings, config))

@@ -25,6 +25,7 @@ from app.core.settings import Settings
 from app.kafka.admin import ensure_event_topics
 from app.kafka.produce import produce_file
 from app.kafka.topics import Topics
+from app.observability import tracing
 from app.observability.logs import setup_logging
 from app.observability.metrics import serve_metrics
 from app.pipeline import reload_config, settle_heap
@@ -63,6 +64,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     namespace = settings.require_namespace()
     setup_logging(settings.log_level, settings.log_format)
     config = load_config(settings.config_path)
+    tracing.setup(settings.otel_zipkin_endpoint, settings.otel_service_name)  # flush spans
     migrate_waiting(settings.database_url)
     asyncio.run(ensure_event_topics(settings))
     serve_metrics(settings.metrics_port)
