@@ -22,7 +22,7 @@ from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Counter
@@ -94,9 +94,10 @@ class Sdk:
     empty_context: Any  # opentelemetry.context.Context
 
 
-def build(endpoint: str, service_name: str) -> Sdk:
+def build(endpoint: str, service_name: str, processor: SpanProcessor | None = None) -> Sdk:
     """The provider, exporter and propagator, installed as OpenTelemetry's globals too
-    (so a library that traces by itself joins the same traces)."""
+    (so a library that traces by itself joins the same traces). `processor` instead of
+    the Zipkin one: not installed globally (tests read spans from memory)."""
     from opentelemetry.context import Context  # noqa: PLC0415 - beside its siblings
 
     # No exit hook of the SDK's own: its unbounded wait for the last export would hold up
@@ -104,15 +105,14 @@ def build(endpoint: str, service_name: str) -> Sdk:
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: service_name}), shutdown_on_exit=False
     )
-    delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else EXPORT_EVERY_MS
-    provider.add_span_processor(
-        BatchSpanProcessor(
-            CountingExporter(ZipkinExporter(endpoint=endpoint)), schedule_delay_millis=delay
-        )
-    )
-    trace.set_tracer_provider(provider)
     propagator = CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator()])
-    propagate.set_global_textmap(propagator)
+    if processor is None:
+        delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else EXPORT_EVERY_MS
+        exporter = CountingExporter(ZipkinExporter(endpoint=endpoint))
+        processor = BatchSpanProcessor(exporter, schedule_delay_millis=delay)
+        trace.set_tracer_provider(provider)
+        propagate.set_global_textmap(propagator)
+    provider.add_span_processor(processor)
     # The batch processor warns once per span it drops when its queue is full: under a
     # burst that is a warning per call. The exporter wrapper above reports failures.
     logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
