@@ -113,25 +113,20 @@ def server_call(method: str, behaviour: Behaviour) -> Behaviour:
             try:
                 reply = await behaviour(request, context)
             except BaseException:  # an abort (a refusal), or the caller gone (no code)
-                code = context.code()
-                _answered(span, code.name if code else "CANCELLED", context.details() or "")
+                code = context.code()  # a grpc.StatusCode: value (number, text)
+                if code is None:
+                    _answered(span, "CANCELLED", 1, "")
+                else:
+                    _answered(span, code.name, code.value[0], context.details() or "")
                 raise
-            _answered(span, "OK", "")
+            _answered(span, "OK", 0, "")
             return reply
 
     return traced
 
 
-_CODES = {
-    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
-    "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
-    "FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12,
-    "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
-}  # fmt: skip
-
-
-def _answered(span: Any, code: str, details: str) -> None:
-    span.set_attribute("rpc.grpc.status_code", _CODES.get(code, 2))
+def _answered(span: Any, code: str, number: int, details: str) -> None:
+    span.set_attribute("rpc.grpc.status_code", number)
     span.set_attribute("challenge.outcome", code)
     if details:
         span.set_attribute("challenge.outcome_detail", details[:200])
