@@ -21,7 +21,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -102,9 +102,10 @@ def build(endpoint: str, service_name: str, processor: SpanProcessor | None = No
 
     # No exit hook of the SDK's own: its unbounded wait for the last export would hold up
     # a shutdown that has a grace period to keep; tracing.shutdown bounds it instead.
-    provider = TracerProvider(
-        resource=Resource.create({SERVICE_NAME: service_name}), shutdown_on_exit=False
-    )
+    # Only OTEL_RESOURCE_ATTRIBUTES and the name: Zipkin's encoder copies every resource
+    # attribute onto every span as a tag (the SDK's defaults would add five per span).
+    resource = OTELResourceDetector().detect().merge(Resource({SERVICE_NAME: service_name}))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     propagator = CompositePropagator([B3MultiFormat(), TraceContextTextMapPropagator()])
     if processor is None:
         delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else EXPORT_EVERY_MS

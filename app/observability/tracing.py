@@ -34,7 +34,7 @@ active = False  # read by the hooks in the hot paths: keep it a plain module glo
 _sdk: Sdk | None = None
 
 # Links kept per flush (the SDK's default span limit is 128 too): a flush of thousands
-# of calls links the first ones, and says how many it acknowledged in all.
+# of calls links the first ones (its `flush.events` counts every event it wrote).
 MAX_LINKS = 128
 # Trace ids listed in a tag of the flush span (Zipkin does not keep links).
 LISTED_TRACES = 16
@@ -126,10 +126,10 @@ def server_call(method: str, behaviour: Behaviour) -> Behaviour:
 
 
 def _answered(span: Any, code: str, number: int, details: str) -> None:
-    span.set_attribute("rpc.grpc.status_code", number)
-    span.set_attribute("challenge.outcome", code)
+    attributes: dict[str, Any] = {"rpc.grpc.status_code": number, "challenge.outcome": code}
     if details:
-        span.set_attribute("challenge.outcome_detail", details[:200])
+        attributes["challenge.outcome_detail"] = details[:200]
+    span.set_attributes(attributes)  # one call: the SDK takes a lock per call
     if code in SERVER_ERRORS:
         assert _sdk is not None
         span.set_status(_sdk.status(_sdk.error, details[:200] or code))
@@ -144,13 +144,17 @@ def note_call(event: Any, generation: Any) -> None:
     span = _sdk.current_span()
     if not span.is_recording():
         return
-    span.set_attribute("challenge.event.type", event.type.value)
-    span.set_attribute("challenge.event.id", event.event_id)
+    attributes: dict[str, Any] = {
+        "challenge.event.type": event.type.value,
+        "challenge.event.id": event.event_id,
+    }
     if event.stat_code:
-        span.set_attribute("challenge.event.stat_code", event.stat_code)
+        attributes["challenge.event.stat_code"] = event.stat_code
+    if generation is None:  # other namespace, or no goal listens
+        attributes["challenge.goals_affected"] = 0
+        attributes["challenge.skipped"] = True
+    span.set_attributes(attributes)
     if generation is None:
-        span.set_attribute("challenge.goals_affected", 0)
-        span.set_attribute("challenge.skipped", True)  # other namespace, or no goal listens
         return
     links = generation.trace_links
     if links is None:
