@@ -25,7 +25,7 @@ from app.core.dedup import DedupWindow
 from app.core.events import Event, EventType
 from app.core.settings import Settings
 from app.flush_report import report_flush
-from app.observability import metrics
+from app.observability import metrics, tracing
 from tables.db import make_engine
 from tables.flusher import Flusher
 from tables.generation import Generation
@@ -160,6 +160,8 @@ class Pipeline:
             return admitted
         generation, moved = await self.flusher.add(event, admitted, timeout=timeout, urgent=urgent)
         self._added(event, generation, moved)
+        if tracing.active:
+            tracing.note_goals(moved)
         metrics.PROCESSED.inc()  # the buffer_size gauge is set per flush, not per event
         metrics.PROCESSING.observe(time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
@@ -247,6 +249,8 @@ class Pipeline:
         for delta in result.erased:  # erased on another replica: skipped here from now on
             self.flusher.erased.add(delta.user_id)
         report_flush(generation, result, elapsed, self.flusher.pending)
+        if tracing.active:  # linked to the traced calls it acknowledges
+            tracing.record_flush(generation, result, elapsed)
 
 
 @asynccontextmanager

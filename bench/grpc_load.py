@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -279,7 +280,7 @@ class Target:
         self.port = free_port()
         self.metrics_port = free_port()
         self.env = env
-        self.log = log_dir / f"{name}.log"
+        self.log = log_dir / f"{re.sub(r'[^A-Za-z0-9_.+=-]', '_', name)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -601,6 +602,11 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=4)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for serve")
     parser.add_argument(
+        "--zipkin",
+        default="http://127.0.0.1:9411/api/v2/spans",
+        help="span endpoint of the `+tracing` variants (e.g. --targets durable,durable+tracing)",
+    )
+    parser.add_argument(
         "--lock-scenario", action="store_true", help="also the held-row scenario (durable)"
     )
     parser.add_argument(
@@ -654,17 +660,25 @@ def main() -> None:
             "duration_s": args.duration,
             "users": args.users,
             "client_connections": args.conns,
+            "zipkin_of_tracing_variants": args.zipkin,
         },
         "targets": targets,
         "runs": [],
     }
     work = Path(tempfile.mkdtemp(prefix="grpc-load-"))
     for name in targets:
-        # "durable+BUFFER_COMMIT_DELAY=2ms": a variant with more settings
+        # "durable+BUFFER_COMMIT_DELAY=2ms": a variant with more settings; "+tracing":
+        # with OTEL_EXPORTER_ZIPKIN_ENDPOINT=--zipkin
         mode_name, *overrides = name.split("+")
         env = {}
         if mode_name in ("durable", "buffered"):
-            env = {**serve_env, "ACK_MODE": mode_name, **dict(o.split("=", 1) for o in overrides)}
+            variant = dict(
+                ("OTEL_EXPORTER_ZIPKIN_ENDPOINT", args.zipkin)
+                if o == "tracing"
+                else o.split("=", 1)
+                for o in overrides
+            )
+            env = {**serve_env, "ACK_MODE": mode_name, **variant}
         target = Target(name, env, work)
         target.start()
         try:
@@ -710,6 +724,10 @@ def main() -> None:
             f"durable/{other}": round(best["durable"] / best[other], 3)
             for other in ("buffered", "empty")
             if best.get(other)
+        } | {
+            f"{other}/durable": round(best[other] / best["durable"], 3)
+            for other in best
+            if other.startswith("durable+")
         }
         print("ratios at max:", results["ratios_at_max"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

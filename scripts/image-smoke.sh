@@ -10,7 +10,9 @@
 #   serve with the config in CHALLENGES_JSON (base64, one goal, unlike the baked file) ->
 #   SERVING -> a login writes that goal's row and no other;
 #   then, when a Kafka broker answers on KAFKA_BOOTSTRAP_SERVERS, the Kafka worker too:
-#   ready -> events produced -> row read back -> SIGTERM -> exit code 0.
+#   ready -> events produced -> row read back -> SIGTERM -> exit code 0;
+#   and, when a Zipkin server answers on ZIPKIN_URL, serve with tracing on: a login's
+#   OnMessage span and its flush span reach Zipkin in one trace -> SIGTERM -> exit code 0.
 #
 # No Docker engine and no Docker Hub here: podman, buildah, runc and mmdebstrap come from
 # Debian packages (installed when missing; needs root), and `python:3.11-slim` is a
@@ -21,7 +23,8 @@
 #
 # Knobs: IMAGE_SMOKE_CACHE (~/.cache/image-smoke), IMAGE (localhost/challenge-event-
 # handler:smoke), KAFKA_BOOTSTRAP_SERVERS (127.0.0.1:9092), IMAGE_SMOKE_KAFKA (auto|0|1),
-# IMAGE_SMOKE_TIMEOUT seconds per wait (120).
+# IMAGE_SMOKE_TIMEOUT seconds per wait (120), ZIPKIN_URL (http://127.0.0.1:9411),
+# IMAGE_SMOKE_TRACING (auto|0|1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +35,8 @@ RAW_BASE=localhost/bookworm-python-rootfs:latest
 KAFKA="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
 KAFKA_SMOKE="${IMAGE_SMOKE_KAFKA:-auto}"
 WAIT="${IMAGE_SMOKE_TIMEOUT:-120}"
+ZIPKIN="${ZIPKIN_URL:-http://127.0.0.1:9411}"
+TRACING_SMOKE="${IMAGE_SMOKE_TRACING:-auto}"
 RUN_ID="$$-$RANDOM"
 CONTAINERS=()
 READINESS=(
@@ -320,6 +325,43 @@ smoke_worker() {
   stop_and_check_exit "$name"
 }
 
+# ----------------------------------------------------------------------- tracing
+zipkin_answers() { curl -fsS --max-time 3 "${ZIPKIN}/health" 2>/dev/null | grep -q '"UP"'; }
+
+# exit 0 when Zipkin holds a trace of SERVICE with an OnMessage span and a flush span
+# that is its child (the flush acknowledged that call)
+ZIPKIN_TRACE_CHECK='
+import json, sys, urllib.request
+base, service = sys.argv[1], sys.argv[2]
+url = f"{base}/api/v2/traces?serviceName={service}&limit=20"
+with urllib.request.urlopen(url, timeout=5) as reply:
+    traces = json.load(reply)
+for spans in traces:
+    calls = {s["id"] for s in spans if s.get("name", "").endswith("/onmessage")}
+    if any(s.get("name") == "flush" and s.get("parentId") in calls for s in spans):
+        sys.exit(0)
+sys.exit(1)
+'
+
+smoke_tracing() {
+  local name="smoke-tracing-${RUN_ID}" grpc metrics service="smoke-${RUN_ID}" sent
+  grpc="$(free_port)"; metrics="$(free_port)"
+  log "tracing: serve with OTEL_EXPORTER_ZIPKIN_ENDPOINT=${ZIPKIN}/api/v2/spans (service ${service})"
+  podman run -d --name "$name" --network=host \
+    -e AB_NAMESPACE=mygame -e GRPC_PORT="$grpc" -e METRICS_PORT="$metrics" \
+    -e BUFFER_FLUSH_INTERVAL=100ms -e OTEL_EXPORTER_ZIPKIN_ENDPOINT="${ZIPKIN}/api/v2/spans" \
+    -e OTEL_SERVICE_NAME="$service" -e OTEL_BSP_SCHEDULE_DELAY=200 "$IMAGE" >/dev/null
+  CONTAINERS+=("$name")
+  wait_until "tracing: serve healthy" podman healthcheck run "$name" ||
+    show_logs_and_die "$name" "traced serve never became healthy"
+  sent="$(in_container "$name" python -m app send --target "127.0.0.1:${grpc}" login --user "$service")"
+  [[ "$sent" == OK* ]] || show_logs_and_die "$name" "login refused: ${sent}"
+  wait_until "tracing: OnMessage span and its flush span in Zipkin" \
+    python3 -c "$ZIPKIN_TRACE_CHECK" "$ZIPKIN" "$service" ||
+    show_logs_and_die "$name" "no trace of ${service} with an OnMessage and a flush span in ${ZIPKIN}"
+  stop_and_check_exit "$name"
+}
+
 main() {
   local started=$SECONDS
   ensure_tools
@@ -334,6 +376,11 @@ main() {
     0) log "worker: skipped (IMAGE_SMOKE_KAFKA=0)" ;;
     1) smoke_worker ;;
     *) if kafka_answers; then smoke_worker; else log "worker: skipped (no broker on ${KAFKA})"; fi ;;
+  esac
+  case "$TRACING_SMOKE" in
+    0) log "tracing: skipped (IMAGE_SMOKE_TRACING=0)" ;;
+    1) smoke_tracing ;;
+    *) if zipkin_answers; then smoke_tracing; else log "tracing: skipped (no Zipkin on ${ZIPKIN})"; fi ;;
   esac
   log "passed in $((SECONDS - started))s"
 }

@@ -2,21 +2,24 @@
 # Real backing services for local development, tests and CI, without Docker:
 #   - PostgreSQL 15: our own cluster in ${SERVICES_DIR}/pg (not the Debian default one)
 #   - Kafka 4.3.1: single-node KRaft (broker+controller), jars from Maven Central
+#   - Zipkin 3.6.1: the trace receiver (in-memory storage), its exec jar from Maven Central
 #
 # Usage:
-#   scripts/services.sh up [pg|kafka]       start (idempotent; no-op if already up)
-#   scripts/services.sh down [pg|kafka]     stop (idempotent)
-#   scripts/services.sh start pg|kafka      same as up, for one service
-#   scripts/services.sh stop pg|kafka       same as down, for one service
-#   scripts/services.sh restart pg|kafka
-#   scripts/services.sh status [pg|kafka]   exit 0 if (all requested) up, else 1
+#   scripts/services.sh up [pg|kafka|zipkin]      start (idempotent; no-op if already up)
+#   scripts/services.sh down [pg|kafka|zipkin]    stop (idempotent)
+#   scripts/services.sh start pg|kafka|zipkin     same as up, for one service
+#   scripts/services.sh stop pg|kafka|zipkin      same as down, for one service
+#   scripts/services.sh restart pg|kafka|zipkin
+#   scripts/services.sh status [pg|kafka|zipkin]  exit 0 if (all requested) up, else 1
 #   scripts/services.sh env                 print DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS
 #
 # Environment knobs (all optional):
 #   SERVICES_DIR (default $HOME/.cache/challenge-services), PG_PORT (5432),
 #   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP (512m),
-#   PG_WAIT (60), KAFKA_WAIT (90) seconds, KAFKA_STOP_TIMEOUT (30) seconds.
-# Progress goes to stderr; `up` prints the two connection lines on stdout.
+#   PG_WAIT (60), KAFKA_WAIT (90) seconds, KAFKA_STOP_TIMEOUT (30) seconds,
+#   ZIPKIN_PORT (9411), ZIPKIN_HEAP (384m), ZIPKIN_MAX_SPANS (200000), ZIPKIN_WAIT (90).
+# Progress goes to stderr; `up` prints the two connection lines on stdout (Zipkin, when
+# up, is http://127.0.0.1:${ZIPKIN_PORT}; spans go to /api/v2/spans).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -47,6 +50,17 @@ KAFKA_CONF="${KAFKA_DIR}/config"
 KAFKA_LOGS="${KAFKA_DIR}/logs"
 KAFKA_PID="${KAFKA_DIR}/kafka.pid"
 KAFKA_OUT="${KAFKA_LOGS}/kafka.out"
+
+ZIPKIN_VERSION=3.6.1
+ZIPKIN_PORT="${ZIPKIN_PORT:-9411}"
+ZIPKIN_HEAP="${ZIPKIN_HEAP:-384m}"
+ZIPKIN_MAX_SPANS="${ZIPKIN_MAX_SPANS:-200000}"
+ZIPKIN_WAIT="${ZIPKIN_WAIT:-90}"
+ZIPKIN_STOP_TIMEOUT=20
+ZIPKIN_DIR="${SERVICES_DIR}/zipkin"
+ZIPKIN_JAR="${ZIPKIN_DIR}/zipkin-server-${ZIPKIN_VERSION}-exec.jar"
+ZIPKIN_PID="${ZIPKIN_DIR}/zipkin.pid"
+ZIPKIN_OUT="${ZIPKIN_DIR}/zipkin.out"
 
 IS_ROOT=0
 [[ "$(id -u)" == 0 ]] && IS_ROOT=1
@@ -512,6 +526,135 @@ kafka_status() {
   return 1
 }
 
+# ==================================================================== Zipkin
+# The trace receiver of docs/tracing.md: Zipkin's own server, one exec jar (Java 17),
+# spans kept in memory (the newest ZIPKIN_MAX_SPANS), listening on 127.0.0.1 only.
+ZIPKIN_PROBE='
+import json, sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=3) as reply:
+        sys.exit(0 if json.load(reply).get("status") == "UP" else 1)
+except Exception:
+    sys.exit(1)
+'
+
+zipkin_answers() {
+  if [[ -n "$PYTHON" ]]; then
+    "$PYTHON" -c "$ZIPKIN_PROBE" "http://127.0.0.1:${ZIPKIN_PORT}/health" </dev/null >/dev/null 2>&1
+  else
+    port_in_use "$ZIPKIN_PORT"
+  fi
+}
+
+zipkin_pid() {  # prints pid of our running Zipkin, or fails
+  [[ -f "$ZIPKIN_PID" ]] || return 1
+  local pid; pid="$(cat "$ZIPKIN_PID" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  local cmdline; cmdline="$(tr '\0' ' ' < "/proc/${pid}/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *zipkin-server-* ]] || return 1
+  printf '%s' "$pid"
+}
+
+zipkin_ensure_jar() {  # downloaded once, with Maven (checksums checked), into the cache
+  [[ -s "$ZIPKIN_JAR" ]] && return 0
+  command -v mvn >/dev/null 2>&1 || apt_install maven
+  log "downloading zipkin-server ${ZIPKIN_VERSION} (exec jar, ~135 MB) with Maven into ${ZIPKIN_DIR} (one-off)"
+  local tmp="${ZIPKIN_DIR}/jar.tmp"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  if ! (cd "$tmp" && mvn -q -B dependency:copy \
+        -Dartifact="io.zipkin:zipkin-server:${ZIPKIN_VERSION}:jar:exec" \
+        -DoutputDirectory="$tmp" </dev/null >"${ZIPKIN_DIR}/mvn.log" 2>&1); then
+    tail -n 40 "${ZIPKIN_DIR}/mvn.log" >&2
+    die "mvn dependency:copy of zipkin-server failed (log: ${ZIPKIN_DIR}/mvn.log)"
+  fi
+  [[ -s "${tmp}/zipkin-server-${ZIPKIN_VERSION}-exec.jar" ]] || die "Maven did not produce the zipkin-server exec jar"
+  mv "${tmp}/zipkin-server-${ZIPKIN_VERSION}-exec.jar" "$ZIPKIN_JAR"
+  rm -rf "$tmp"
+}
+
+zipkin_up() {
+  local pid
+  if pid="$(zipkin_pid)"; then
+    zipkin_wait_ready "$pid"
+    log "zipkin: already running (pid ${pid}, http://127.0.0.1:${ZIPKIN_PORT})"
+    return 0
+  fi
+  if port_in_use "$ZIPKIN_PORT"; then
+    if zipkin_answers; then
+      log "zipkin: using the existing server on 127.0.0.1:${ZIPKIN_PORT} (not managed by this script)"
+      return 0
+    fi
+    die "port ${ZIPKIN_PORT} is in use by something that is not a Zipkin server (set ZIPKIN_PORT?)"
+  fi
+  kafka_ensure_tools  # Java 17
+  mkdir -p "$ZIPKIN_DIR"
+  zipkin_ensure_jar
+  log "starting zipkin ${ZIPKIN_VERSION} on 127.0.0.1:${ZIPKIN_PORT} (in-memory, ${ZIPKIN_MAX_SPANS} spans)"
+  # setsid+nohup: keep running after this script; 9>&-: do not inherit our lock
+  STORAGE_TYPE=mem MEM_MAX_SPANS="$ZIPKIN_MAX_SPANS" QUERY_PORT="$ZIPKIN_PORT" \
+    setsid nohup java -Xms64m -Xmx"${ZIPKIN_HEAP}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    -Djava.awt.headless=true -jar "$ZIPKIN_JAR" \
+    "--armeria.ports[0].ip=127.0.0.1" "--armeria.ports[0].port=${ZIPKIN_PORT}" \
+    "--armeria.ports[0].protocols[0]=http" \
+    </dev/null >>"$ZIPKIN_OUT" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" > "$ZIPKIN_PID"
+  zipkin_wait_ready "$pid"
+  log "zipkin: up (pid ${pid})"
+}
+
+zipkin_wait_ready() {
+  local pid="$1" deadline=$((SECONDS + ZIPKIN_WAIT))
+  until zipkin_answers; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 30 "$ZIPKIN_OUT" >&2 2>/dev/null || true
+      die "zipkin exited during startup (log: ${ZIPKIN_OUT})"
+    fi
+    if (( SECONDS >= deadline )); then
+      tail -n 30 "$ZIPKIN_OUT" >&2 2>/dev/null || true
+      die "zipkin did not answer /health within ${ZIPKIN_WAIT}s (log: ${ZIPKIN_OUT})"
+    fi
+    sleep 0.3
+  done
+}
+
+zipkin_down() {
+  local pid
+  if ! pid="$(zipkin_pid)"; then
+    rm -f "$ZIPKIN_PID"
+    log "zipkin: not running"
+    return 0
+  fi
+  log "stopping zipkin (pid ${pid})"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + ZIPKIN_STOP_TIMEOUT))
+  while kill -0 "$pid" 2>/dev/null; do
+    if (( SECONDS >= deadline )); then
+      log "zipkin did not stop within ${ZIPKIN_STOP_TIMEOUT}s; SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$ZIPKIN_PID"
+  log "zipkin: stopped"
+}
+
+zipkin_status() {
+  local pid
+  if zipkin_answers; then
+    if pid="$(zipkin_pid)"; then echo "zipkin: up (http://127.0.0.1:${ZIPKIN_PORT}, pid ${pid})"
+    else echo "zipkin: up (http://127.0.0.1:${ZIPKIN_PORT}, external server)"; fi
+    return 0
+  fi
+  if pid="$(zipkin_pid)"; then echo "zipkin: starting/not answering (pid ${pid})"
+  else echo "zipkin: down"; fi
+  return 1
+}
+
 # ====================================================================== main
 print_env() {
   echo "DATABASE_URL=postgresql://${PG_USER}:${PG_PASSWORD}@127.0.0.1:${PG_PORT}/challenge_db"
@@ -525,16 +668,17 @@ with_lock() {
 }
 
 usage() {
-  sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
-which_services() {  # which_services [pg|kafka|postgres|all]
+which_services() {  # which_services [pg|kafka|zipkin|postgres|all]
   case "${1:-all}" in
     pg|postgres|postgresql) echo pg ;;
     kafka) echo kafka ;;
-    all|"") echo "pg kafka" ;;
-    *) die "unknown service '$1' (pg|kafka)" ;;
+    zipkin) echo zipkin ;;
+    all|"") echo "pg kafka zipkin" ;;
+    *) die "unknown service '$1' (pg|kafka|zipkin)" ;;
   esac
 }
 
@@ -556,7 +700,7 @@ main() {
       svc="$(which_services "${1:-all}")"
       with_lock
       # stop kafka before postgres for a full 'down'
-      for s in kafka pg; do
+      for s in zipkin kafka pg; do
         if [[ " $svc " == *" $s "* ]]; then "${s}_down"; fi
       done
       ;;

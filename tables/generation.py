@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.core.challenges import Goal
 from app.core.events import Event
@@ -40,7 +41,7 @@ class Generation:
     # Users whose rows were held by another transaction: their callers wait on these.
     held: dict[str, Waiters] = field(default_factory=dict)
     # Trace contexts of the calls this generation's flush acknowledges (tracing on only).
-    trace_links: list[object] | None = None
+    trace_links: list[Any] | None = None
 
     def add(self, event: Event, goals: Iterable[Goal]) -> int:
         """Merge the event into its deltas; returns how many goals it moved."""

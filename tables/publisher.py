@@ -30,7 +30,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from app.core.clock import now_utc
 from app.core.completions import Completion, encode, event_body, metadata
-from app.observability import metrics
+from app.observability import metrics, tracing
 from tables import outbox
 from tables.lease import SinkLease
 
@@ -174,11 +174,18 @@ class Publisher:
         if not batch:
             return False
         now = now_utc()
-        events = [
-            Outgoing(c, encode(event_body(c, now, rotating=self.rotating(c.goal_id))), metadata(c))
-            for c in batch
-        ]
-        accepted = await self._send(sink, events)
+        destination = getattr(sink, "topic", sink.name)
+        with tracing.publish_span(sink.name, destination, len(batch)) as publish:
+            events = [
+                Outgoing(
+                    c,
+                    encode(event_body(c, now, rotating=self.rotating(c.goal_id))),
+                    metadata(c, publish.trace_id),
+                )
+                for c in batch
+            ]
+            accepted = await self._send(sink, events)
+            publish.note(accepted=accepted)
         if accepted:
             ids = [c.id for c in batch[:accepted]]
             async with self.engine.begin() as conn:

@@ -22,7 +22,7 @@ from app.bridge import wire
 from app.core.deletions import Deletion
 from app.core.events import InvalidEvent, validate_identity
 from app.core.settings import Settings
-from app.observability import metrics
+from app.observability import metrics, tracing
 from proto.build import load as load_protos
 from tables.db import is_transient
 from tables.flusher import Flusher
@@ -85,7 +85,7 @@ class GdprHandler:
             metrics.SKIPPED.labels("namespace").inc()
             return grpc.StatusCode.OK, ""
         try:
-            await erase_user(
+            erasure = await erase_user(
                 self.flusher,
                 deletion.user_id,
                 self.namespace or deletion.namespace,
@@ -99,6 +99,8 @@ class GdprHandler:
                 raise
             log.warning("GDPR deletion failed, bridge will retry", extra={"error": str(exc)[:300]})
             return grpc.StatusCode.UNAVAILABLE, "database unavailable, retry"
+        if tracing.active:
+            tracing.note(gdpr_rows_deleted=erasure.total, gdpr_buffered_dropped=erasure.buffered)
         return grpc.StatusCode.OK, ""
 
 
@@ -112,7 +114,7 @@ def add_gdpr_service(server: grpc.aio.Server, flusher: Flusher, settings: Settin
         timeout=settings.grpc_ack_timeout,
     )
 
-    wire.add_bytes_service(server, GDPR_SERVICE, handler.handle)
+    wire.add_bytes_service(server, GDPR_SERVICE, tracing.server_call(GDPR_METHOD, handler.handle))
     return str(GDPR_SERVICE)
 
 

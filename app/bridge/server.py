@@ -1,24 +1,18 @@
-"""`python -m app serve`: the AccelByte Extend event-bridge gRPC server (contract §1.1, §2, §6).
+"""The AccelByte Extend event-bridge gRPC server (contract §1.1, §2, §6): the OnMessage
+handler and the server with its services (its lifecycle: app/bridge/service.py).
 
-One OnMessage call = decode + validate -> `Pipeline.submit` -> answer:
+One OnMessage call = decode + validate -> `Pipeline.add` -> answer:
 - ACK_MODE=durable: wait (bounded) for the commit of the flush holding the event
   (group commit); a timeout answers UNAVAILABLE but the event stays buffered and will be
   written, and the bridge's redelivery is absorbed by the pipeline's dedup window.
 - ACK_MODE=buffered: answer once buffered.
 - buffer full for longer than GRPC_BUFFER_WAIT (database down) -> UNAVAILABLE.
-
-Lifecycle: SIGTERM/SIGINT -> health NOT_SERVING, stop accepting, let in-flight calls
-finish, final flush, exit 0. SIGHUP -> reload CONFIG_PATH (validated first); a config
-from CHALLENGES_JSON cannot change, so SIGHUP only says so (app/lifecycle.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,18 +26,12 @@ from app.bridge.gdpr import GDPR_SERVICE, add_gdpr_service
 from app.bridge.health import HealthMonitor
 from app.bridge.refusals import RefusalLog
 from app.bridge.shedding import OVERLOADED, Shedder, server_options
-from app.completions.service import CompletionPublishing
-from app.core.challenges import ChallengeConfig
 from app.core.clock import now_utc
-from app.core.config_source import ConfigSource, config_source
 from app.core.events import Event, InvalidEvent
 from app.core.settings import Settings
-from app.lifecycle import reload_from, settle_heap
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.pipeline import Pipeline
 from tables.accumulator import BufferFull, Closed
-from tables.db import make_engine
-from tables.migrate import upgrade_async, wait_for_progress_table
 from tables.waiters import Ack
 
 log = logging.getLogger(__name__)
@@ -152,6 +140,8 @@ class EventHandler:
             return grpc.StatusCode.UNAVAILABLE, "buffer full: database not keeping up, retry"
         except Closed:
             return grpc.StatusCode.UNAVAILABLE, "server is shutting down, retry"
+        if tracing.active:  # the event on the call's span, the call on its flush's links
+            tracing.note_call(event, generation)
         if generation is None or not durable:
             return OK, ""
         # Waits for this user's rows only: a row another transaction holds delays its
@@ -167,7 +157,8 @@ class EventHandler:
 
 
 def _add_event_services(server: grpc.aio.Server, handler: EventHandler) -> None:
-    """Both OnMessage methods take the raw request bytes; app/bridge/wire.py decodes them."""
+    """Both OnMessage methods take the raw request bytes; app/bridge/wire.py decodes them.
+    With tracing on each call runs in a span (off: registered as they are)."""
     login_method, stat_method, handle = handler.login, handler.stat, handler.handle
 
     async def login(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -176,7 +167,11 @@ def _add_event_services(server: grpc.aio.Server, handler: EventHandler) -> None:
     async def stat(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await handle(stat_method, request, context)
 
-    wire.add_event_services(server, login, stat)
+    wire.add_event_services(
+        server,
+        tracing.server_call(LOGIN_METHOD, login),
+        tracing.server_call(STAT_METHOD, stat),
+    )
 
 
 def build_server(
@@ -205,125 +200,3 @@ def build_server(
     )
     server.add_insecure_port(f"[::]:{port}")
     return server
-
-
-def install_signals(stop: asyncio.Event, pipeline: Pipeline, source: ConfigSource) -> None:
-    """SIGTERM/SIGINT -> drain (a second one exits at once); SIGHUP -> reload config."""
-    loop = asyncio.get_running_loop()
-
-    def on_stop_signal() -> None:
-        if stop.is_set():  # the operator insists: whatever is still buffered is lost
-            log.error(
-                "second stop signal: exiting now", extra={"pending": pipeline.flusher.pending}
-            )
-            os._exit(1)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop_signal)
-
-    def use_config(config: ChallengeConfig) -> None:
-        pipeline.config = config
-
-    loop.add_signal_handler(signal.SIGHUP, reload_from, source, use_config)
-
-
-async def start_serving(
-    server: grpc.aio.Server,
-    monitor: HealthMonitor,
-    settings: Settings,
-    engine: Any,
-    stop: asyncio.Event,
-) -> None:
-    """Start the server and health. ASSIGNMENT_MODE=required: the challenge backend owns
-    user_goal_progress, so until it exists readiness is NOT_SERVING (the server already
-    answers health, alive) and we wait for it (contract §5.1)."""
-    if settings.assignment_mode == "required":
-        await monitor.set_ready(False)
-        await server.start()
-        await wait_for_progress_table(engine, stop, interval=settings.health_check_interval)
-    await monitor.check_once()
-    monitor.start()
-    if settings.assignment_mode != "required":
-        await server.start()
-
-
-async def serve(settings: Settings, config: ChallengeConfig) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit code."""
-    if not settings.grpc_supervised:  # the supervisor migrated once for all its workers
-        log.info("migrating database schema", extra={"database": settings.database_label})
-        try:
-            await upgrade_async(settings.database_url, assignment_mode=settings.assignment_mode)
-        except Exception as exc:  # unreachable database, bad credentials: exit 1, no traceback
-            log.error(
-                "database schema upgrade failed",
-                extra={"database": settings.database_label, "error": str(exc)[:500]},
-            )
-            return 1
-    pipeline = Pipeline.open(settings, config, record_event_ids=True)
-    health_engine = make_engine(settings.database_url, pool_size=1)
-    monitor = HealthMonitor(
-        health_engine,
-        (LOGIN_SERVICE, STAT_SERVICE, GDPR_SERVICE),
-        interval=settings.health_check_interval,
-        # Writes stuck (flushes failing, or one running past the ack timeout): NOT_SERVING.
-        writes_stuck=lambda: pipeline.flusher.stalled(settings.grpc_ack_timeout),
-    )
-    handler = EventHandler(pipeline, settings)
-    try:
-        server = build_server(
-            handler,
-            monitor,
-            settings.grpc_port,
-            settings.grpc_max_concurrent_rpcs,
-            settings.grpc_supervised,
-        )
-    except RuntimeError as exc:  # port taken
-        log.error("cannot listen", extra={"grpc_port": settings.grpc_port, "error": str(exc)})
-        await pipeline.engine.dispose()
-        await health_engine.dispose()
-        return 1
-    stop = asyncio.Event()
-    source = config_source(settings)
-    install_signals(stop, pipeline, source)
-
-    settle_heap()  # start-up done: the collector tuned for what traffic keeps alive
-    pipeline.start()
-    completions = CompletionPublishing(settings, lambda: pipeline.config)
-    completions.start()  # goal-completed events: off unless COMPLETION_SINKS is set
-    await start_serving(server, monitor, settings, health_engine, stop)
-    log.info(
-        "gRPC server started",
-        extra={
-            "grpc_port": settings.grpc_port,
-            "metrics_port": settings.metrics_port,
-            "namespace": settings.namespace,
-            "database": settings.database_label,
-            "config": source.label,
-            "ack_mode": settings.ack_mode,
-            "flush_interval_ms": int(settings.flush_interval * 1000),
-            "goals": len(config.goals),
-        },
-    )
-    await stop.wait()
-
-    log.info("shutting down: draining in-flight calls")
-    started = time.perf_counter()
-    grace = settings.grpc_shutdown_grace
-    await monitor.drain()
-    pipeline.flusher.request_flush()  # durable calls in flight: commit them now
-    stopping = asyncio.create_task(server.stop(grace))  # no new calls; in-flight finish
-    # The final flush gets the grace minus a moment for the calls to be answered; if the
-    # database cannot take it by then, uncommitted durable calls get UNAVAILABLE.
-    margin = min(1.0, grace * 0.1)
-    committed = await pipeline.close(timeout=grace - margin - (time.perf_counter() - started))
-    await stopping
-    await completions.stop(margin)
-    handler.refusals.flush()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(health_engine.dispose(), margin)
-    log.info(
-        "shutdown complete" if committed else "shutdown incomplete: buffered events not committed",
-        extra={"duration_ms": round((time.perf_counter() - started) * 1000, 1)},
-    )
-    return 0 if committed else 1

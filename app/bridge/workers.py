@@ -27,8 +27,8 @@ import time
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.bridge.service import migrate
 from app.core.settings import SUPERVISED_ENV, Settings
-from tables.migrate import upgrade_async
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,7 @@ def _serve_merged_metrics(port: int, directory: str) -> None:
 
 
 def supervise(settings: Settings) -> int:
-    log.info("migrating database schema", extra={"database": settings.database_label})
-    try:
-        asyncio.run(upgrade_async(settings.database_url))
-    except Exception as exc:
-        log.error(
-            "database schema upgrade failed",
-            extra={"database": settings.database_label, "error": str(exc)[:500]},
-        )
+    if not asyncio.run(migrate(settings)):
         return 1
     metrics_dir = tempfile.mkdtemp(prefix="challenge-metrics-")
     env = {

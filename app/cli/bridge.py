@@ -9,10 +9,11 @@ from typing import Any
 
 from app.bridge.client import login_message, send, stat_message
 from app.bridge.gdpr import gdpr_message
-from app.bridge.server import serve
+from app.bridge.service import serve
 from app.bridge.workers import supervise
 from app.core.config_source import config_source
 from app.core.settings import Settings
+from app.observability import tracing
 from app.observability.logs import setup_logging
 from app.observability.metrics import serve_metrics
 
@@ -53,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_source(settings).load()  # ConfigError -> exit 2 (cli.main)
     if settings.grpc_workers > 1:
         return supervise(settings)
+    tracing.setup(settings.otel_zipkin_endpoint, settings.otel_service_name)  # per worker
     if not settings.grpc_supervised:  # supervised workers: the supervisor serves /metrics
         serve_metrics(settings.metrics_port)
     return asyncio.run(serve(settings, config))

@@ -26,6 +26,7 @@ from app.kafka.admin import ensure_event_topics
 from app.kafka.produce import produce_file
 from app.kafka.topics import Topics
 from app.lifecycle import reload_from, settle_heap
+from app.observability import tracing
 from app.observability.logs import setup_logging
 from app.observability.metrics import serve_metrics
 from tables.db import is_transient
@@ -65,6 +66,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
     source = config_source(settings)
     config = source.load()
+    tracing.setup(settings.otel_zipkin_endpoint, settings.otel_service_name)  # flush spans
     migrate_waiting(settings.database_url)
     asyncio.run(ensure_event_topics(settings))
     serve_metrics(settings.metrics_port)

@@ -8,7 +8,6 @@ unicode) comes out as valid JSON holding exactly that id.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -67,18 +66,9 @@ def encode(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body)
 
 
-def _no_trace() -> str | None:
-    return None
-
-
-# The trace id of the span a publish runs in, or None: the hook tracing sets (off: None).
-current_trace_id: Callable[[], str | None] = _no_trace
-
-
-def metadata(completion: Completion) -> dict[str, str]:
-    """Message metadata: the user id, and the trace id when a trace is active."""
+def metadata(completion: Completion, trace_id: str | None = None) -> dict[str, str]:
+    """Message metadata: the user id, and the trace id of the publish when traced."""
     found = {"userId": completion.user_id}
-    trace_id = current_trace_id()
     if trace_id:
         found["traceId"] = trace_id
     return found

@@ -287,14 +287,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        source = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, declaration in _declared():
-            raw = source.get(declaration.env)
-            if raw is not None and raw.strip() != "":
-                values[name] = declaration.parse(declaration.env, raw)
-        settings = cls(**values)
-        return _resolved(settings, source)
+        return _from_env(cls, os.environ if env is None else env)
 
     def require_namespace(self) -> str:
         if not self.namespace:
@@ -312,6 +305,15 @@ class Settings:
                 "DB_* variables, or ask for a file explicitly: DATABASE_URL=sqlite:///path"
             )
         return self.database_url
+
+
+def _from_env(cls: type[Settings], env: Mapping[str, str]) -> Settings:
+    values: dict[str, Any] = {}
+    for name, declaration in _declared():
+        raw = env.get(declaration.env)
+        if raw is not None and raw.strip() != "":
+            values[name] = declaration.parse(declaration.env, raw)
+    return _resolved(cls(**values), env)
 
 
 def _declared() -> Iterator[tuple[str, Declaration]]:

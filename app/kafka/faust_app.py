@@ -96,10 +96,9 @@ class KafkaApp:
     batch_wait: float
 
 
-def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
-    namespace = settings.require_namespace()
-    topics = Topics(namespace, settings.kafka_consumer_group)
-    datadir = Path(tempfile.gettempdir()) / f"faust-{topics.group}-{namespace}"
+def faust_app(settings: Settings, topics: Topics) -> faust.App:
+    """The Faust app with this worker's settings (nothing attached yet)."""
+    datadir = Path(tempfile.gettempdir()) / f"faust-{topics.group}-{topics.namespace}"
     session = settings.kafka_session_timeout
     app = ChallengeApp(
         topics.group,
@@ -128,26 +127,20 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         monitor=PerRecordQuietMonitor(),
         TableManager=TablesDeclaredUpFront,
     )
-    # the consumer and producer with the cheaper per-record paths (app/kafka/faust_internals.py)
+    # the consumer and producer with the cheaper per-record paths (faust_internals.py)
     app.transport = Transport(app.conf.broker_consumer, app)
-    book = PositionBook(topics.group, topics.repartition, on_broken=exit_for_redelivery)
-    # event ids recorded with the rows: a duplicate id at another offset (a producer retry)
-    # is applied once even across restarts, within DEDUP_WINDOW
-    pipeline = Pipeline.open(settings, config, record_event_ids=True, extra_for=book.extra_for)
-    runtime = ProgressRuntime(pipeline, book)
-    completions = CompletionPublishing(settings, lambda: pipeline.config)
-    by_user = app.topic(
-        topics.repartition,
-        partitions=settings.kafka_repartition_partitions,
-        internal=True,
-        **RAW,
-    )
-    sources = tuple(
-        SourceTopic(app.topic(name, **RAW), event_type, app.topic(dlq_topic(name), **RAW))
-        for name, event_type in topics.sources.items()
-    )
+    return app
 
-    track_lag(app)
+
+def _connect_lifecycle(
+    app: faust.App,
+    topics: Topics,
+    pipeline: Pipeline,
+    book: PositionBook,
+    completions: CompletionPublishing,
+) -> None:
+    """Start the flusher and the publisher with the worker; forget revoked partitions'
+    positions; the final flush before Faust shuts down."""
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_flusher() -> None:
@@ -172,6 +165,28 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
         await pipeline.close()
         await completions.stop()
 
+
+def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
+    topics = Topics(settings.require_namespace(), settings.kafka_consumer_group)
+    app = faust_app(settings, topics)
+    book = PositionBook(topics.group, topics.repartition, on_broken=exit_for_redelivery)
+    # event ids recorded with the rows: a duplicate id at another offset (a producer retry)
+    # is applied once even across restarts, within DEDUP_WINDOW
+    pipeline = Pipeline.open(settings, config, record_event_ids=True, extra_for=book.extra_for)
+    completions = CompletionPublishing(settings, lambda: pipeline.config)
+    by_user = app.topic(
+        topics.repartition,
+        partitions=settings.kafka_repartition_partitions,
+        internal=True,
+        **RAW,
+    )
+    sources = tuple(
+        SourceTopic(app.topic(name, **RAW), event_type, app.topic(dlq_topic(name), **RAW))
+        for name, event_type in topics.sources.items()
+    )
+    track_lag(app)
+    _connect_lifecycle(app, topics, pipeline, book, completions)
+    runtime = ProgressRuntime(pipeline, book)
     return KafkaApp(
         app, sources, by_user, runtime, settings.kafka_batch_size, settings.kafka_batch_wait
     )

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 
-from app.core import completions
 from app.core.completions import Completion, encode, event_body, metadata, rfc3339
 
 HOSTILE = [
@@ -75,7 +74,6 @@ def test_times_are_rfc3339_utc_whatever_they_came_in():
     assert rfc3339(datetime(2026, 12, 6, 10, 0, tzinfo=UTC)) == rfc3339(datetime(2026, 12, 6, 10))
 
 
-def test_metadata_carries_the_trace_id_only_while_traced(monkeypatch):
+def test_metadata_carries_the_trace_id_only_while_traced():
     assert metadata(_completion()) == {"userId": "u1"}
-    monkeypatch.setattr(completions, "current_trace_id", lambda: "abc123")
-    assert metadata(_completion()) == {"userId": "u1", "traceId": "abc123"}
+    assert metadata(_completion(), "abc123") == {"userId": "u1", "traceId": "abc123"}
