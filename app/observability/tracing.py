@@ -138,7 +138,7 @@ def _answered(span: Any, code: str, number: int, details: str) -> None:
 def note_call(event: Any, generation: Any) -> None:
     """The event of the current call span, and the call's context for its flush's links.
 
-    `event` is an app.core Event; `generation` the tables.buffer Generation holding it,
+    `event` is an app.core Event; `generation` the tables.generation Generation holding it,
     or None when the event had nothing to write."""
     assert _sdk is not None
     span = _sdk.current_span()

@@ -7,11 +7,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from tables.buffer import Generation
 
 from app.core.events import Event, EventType
 from app.observability import tracing
-from tables.writer import WriteResult
+from tables.generation import Generation
+from tables.write_result import WriteResult
 
 
 @pytest.fixture
