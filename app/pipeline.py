@@ -24,7 +24,7 @@ from app.core.challenges import ChallengeConfig, Goal, Source
 from app.core.dedup import DedupWindow
 from app.core.events import Event, EventType
 from app.core.settings import Settings
-from app.flush_report import report_flush
+from app.flush_report import erased_events, report_flush
 from app.observability import metrics, tracing
 from tables.db import make_engine
 from tables.flusher import Flusher
@@ -248,6 +248,8 @@ class Pipeline:
     def _flushed(self, generation: Generation, result: WriteResult, elapsed: float) -> None:
         for delta in result.erased:  # erased on another replica: skipped here from now on
             self.flusher.erased.add(delta.user_id)
+        if result.erased:
+            self.outcomes["erased"] += erased_events(result)
         report_flush(generation, result, elapsed, self.flusher.pending)
         if tracing.active:  # linked to the traced calls it acknowledges
             tracing.record_flush(generation, result, elapsed)
