@@ -135,8 +135,7 @@ class Flusher:
         timeout: float | None = None,
         urgent: bool = False,
     ) -> tuple[Generation, int]:
-        """Add, waiting for space while the buffer is full (BufferFull after `timeout`).
-        `urgent`: the caller will wait for the commit (durable ack): flush at once."""
+        """`Accumulator.add`; `urgent`: the caller will wait for the commit (durable ack)."""
         return await self.buffer.add(event, goals, timeout=timeout, urgent=urgent)
 
     async def committed(self, generation: Generation, user_id: str, timeout: float) -> Ack:

@@ -14,13 +14,14 @@ Written against `PINNED`, checked by tests/unit/test_library_internals.py.
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Any
 
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
     AsyncAdapt_asyncpg_cursor,
 )
+
+from app.core.pins import pin_mismatch
 
 PINNED = {"SQLAlchemy": "2.1.9"}
 
@@ -46,17 +47,7 @@ SLOTS: tuple[tuple[type, str], ...] = ((AsyncAdapt_asyncpg_connection, "_transac
 
 def check_versions() -> str | None:
     """None when the installed SQLAlchemy is the pinned one, else what differs."""
-    wrong = [
-        f"{name} {version(name)} (written against {pin})"
-        for name, pin in PINNED.items()
-        if version(name) != pin
-    ]
-    if not wrong:
-        return None
-    return (
-        f"{__name__} uses private parts of {', '.join(wrong)}: re-read each one its "
-        "docstring lists in the installed version, then update PINNED"
-    )
+    return pin_mismatch(__name__, PINNED)
 
 
 async def begin_if_not_begun(adapted: Any) -> None:

@@ -14,10 +14,10 @@ tests/unit/test_library_internals.py.
 
 from __future__ import annotations
 
-from importlib.metadata import version
-
 from aiokafka import AIOKafkaConsumer
 from aiokafka.client import AIOKafkaClient
+
+from app.core.pins import pin_mismatch
 
 PINNED = {"aiokafka": "0.14.0"}
 
@@ -37,17 +37,7 @@ ATTRIBUTES = ((AIOKafkaConsumer, "_client", AIOKafkaClient),)
 
 def check_versions() -> str | None:
     """None when the installed aiokafka is the pinned one, else what differs."""
-    wrong = [
-        f"{name} {version(name)} (written against {pin})"
-        for name, pin in PINNED.items()
-        if version(name) != pin
-    ]
-    if not wrong:
-        return None
-    return (
-        f"{__name__} uses private parts of {', '.join(wrong)}: re-read each one its "
-        "docstring lists in the installed version, then update PINNED"
-    )
+    return pin_mismatch(__name__, PINNED)
 
 
 async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Generator, Mapping
-from importlib.metadata import version
 from typing import Any, NamedTuple
 
 import faust
@@ -65,6 +64,8 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from mode.services import WaitResults
 from mode.utils.locks import Event as ModeEvent
+
+from app.core.pins import pin_mismatch
 
 # The versions every name below was read in; an upgrade re-checks each of them.
 PINNED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1"}
@@ -80,17 +81,7 @@ _FLOW_WAIT = asyncio.Event.wait.__code__
 
 def check_versions() -> str | None:
     """None when the installed Faust and mode are the pinned ones, else what differs."""
-    wrong = [
-        f"{name} {version(name)} (written against {pin})"
-        for name, pin in PINNED.items()
-        if version(name) != pin
-    ]
-    if not wrong:
-        return None
-    return (
-        f"{__name__} overrides private parts of {', '.join(wrong)}: re-read each one its "
-        "docstring lists in the installed version, then update PINNED"
-    )
+    return pin_mismatch(__name__, PINNED)
 
 
 class Method(NamedTuple):
