@@ -1,4 +1,4 @@
-"""The in-database merge (SPEC §4, §5.2) as SQL, for PostgreSQL and SQLite.
+"""The in-database merge (contract §4, §5.2) as SQL, for PostgreSQL and SQLite.
 
 The rules are those of `app.core.progress.apply_delta`, written once more as a chain of
 named steps (CTEs), one per rule stage, each computing its values once:
@@ -635,7 +635,7 @@ def _insert(d: Dialect) -> str:
 
 
 def _marks(auto: bool, inserted: str, changed: str = "") -> str:
-    """Advance the "counted today" mark of increment+daily goals (SPEC §4).
+    """Advance the "counted today" mark of increment+daily goals (contract §4).
 
     Rows we hold (auto mode: any; required mode: active ones) and rows we inserted;
     never a held ('c') or raced ('r') key, whose delta is written by a later statement

@@ -1,5 +1,5 @@
 """Schema upgrade (`python -m app db upgrade`, and every mode at start) and coexistence
-with the AccelByte challenge backend (SPEC §5.1).
+with the AccelByte challenge backend (contract §5.1).
 
 Alembic's versioned migrations create and change only our own `challenge_*` tables (its
 version table is `alembic_version`; the backend's golang-migrate keeps

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: the shared user_goal_progress table (SPEC §5.1, identical to the
+"""SQLAlchemy tables: the shared user_goal_progress table (contract §5.1, identical to the
 backend's) and the service's own bookkeeping tables. One source for Alembic and tests.
 
 `user_goal_progress` belongs to the AccelByte challenge backend: we create it only when it
@@ -56,7 +56,7 @@ user_goal_progress = Table(
     ),
 )
 
-# The backend's index names and predicates (SPEC §5.1), in its order.
+# The backend's index names and predicates (contract §5.1), in its order.
 ACTIVE = text("is_active = true")
 PROGRESS_INDEXES = (
     Index(

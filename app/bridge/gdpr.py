@@ -1,4 +1,4 @@
-"""GDPR account deletion on the Extend bridge (SPEC §1.1):
+"""GDPR account deletion on the Extend bridge (contract §1.1):
 `/accelbyte.iam.account.v1.DeletionAccountGdprGdprRequestDataDeletionResponseService/OnMessage`.
 
 User id = `payload.deletion_gdpr.user_id`, else the top-level `user_id`; namespace = the

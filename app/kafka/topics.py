@@ -1,4 +1,4 @@
-"""Kafka topic names (SPEC §1.2), in this one module."""
+"""Kafka topic names (contract §1.2), in this one module."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class Topics:
 
     @property
     def gdpr(self) -> str:
-        """GDPR account deletions (SPEC §1.2), consumed by agents/gdpr.py."""
+        """GDPR account deletions (contract §1.2), consumed by agents/gdpr.py."""
         return f"{self.namespace}.{GDPR_SUFFIX}"
 
     @property

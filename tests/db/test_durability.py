@@ -1,4 +1,4 @@
-"""Issue 8 at the flusher/writer level, on real PostgreSQL with a real second session:
+"""Durable acknowledgements at the flusher/writer level (contract §6), on real PostgreSQL with a real second session:
 group commit, rows held by another transaction (skip + carry), poison rows whose dead
 letter cannot be stored as-is, and flushes that always finish."""
 

@@ -1,4 +1,4 @@
-"""SPEC §4 (progress rules) and §5.2 (write guards), on PostgreSQL and SQLite.
+"""contract §4 (progress rules) and §5.2 (write guards), on PostgreSQL and SQLite.
 
 Every test runs twice through the `engine` fixture: once per database.
 """

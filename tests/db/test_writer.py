@@ -1,4 +1,4 @@
-"""SPEC §5.2 mechanics: statements per batch, poison isolation, odd ids, retries."""
+"""contract §5.2 mechanics: statements per batch, poison isolation, odd ids, retries."""
 
 from __future__ import annotations
 

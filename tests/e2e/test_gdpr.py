@@ -1,4 +1,4 @@
-"""GDPR account deletion (SPEC §1.1, §1.2) against real `serve` / `worker` processes:
+"""GDPR account deletion (contract §1.1, §1.2) against real `serve` / `worker` processes:
 rows gone on PostgreSQL and SQLite, other users untouched, nothing buffered resurrects a
 row, redelivery harmless, wrong namespace skipped, bad input refused, the Kafka path."""
 

@@ -1,4 +1,4 @@
-"""Fuzz suite, Kafka (issue 9): ~2,000 garbage records among ~2,000 good ones through a
+"""Fuzz suite, Kafka (hostile input, contract §2): ~2,000 garbage records among ~2,000 good ones through a
 real `worker` on real Kafka and PostgreSQL.
 
 Garbage: random bytes, JSON that is not an object, fields of the wrong type, NUL in ids,
@@ -92,7 +92,7 @@ def garbage_records(ns: str, rng: random.Random) -> list[tuple[Record, str]]:
             obj(userId="u-c", payload=payload(statCode="kills\x00")),
             "invalid_characters",
         ),
-        # SPEC §2 refusals
+        # contract §2 refusals
         lambda: (login, obj(userId=""), "empty_user_id"),
         lambda: (login, obj(userId="x" * 101), "user_id_too_long"),
         lambda: (stat, obj(userId="u-np"), "nil_payload"),

@@ -1,4 +1,4 @@
-"""Issue 9: SIGHUP with an unreadable challenges.json (bytes that are not UTF-8, not JSON,
+"""Hostile config reloads: SIGHUP with an unreadable challenges.json (bytes that are not UTF-8, not JSON,
 a missing file, wrong types, nesting too deep) logs the refusal line and keeps the running
 config, in `serve` and in `worker` — never an asyncio traceback."""
 

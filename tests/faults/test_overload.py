@@ -1,4 +1,4 @@
-"""Issue 9, overload: the server sheds early and visibly.
+"""Overload (contract §7): the server sheds early and visibly.
 
 - Past GRPC_MAX_CONCURRENT_RPCS calls in flight a call is answered RESOURCE_EXHAUSTED at
   once (not queued), changes nothing, and is counted under its code.

@@ -1,7 +1,7 @@
 """The AccelByte challenge backend's side of the shared database, for coexistence tests.
 
 `BACKEND_DDL` is the backend's migration for `user_goal_progress`, written here from
-SPEC §5.1 on purpose (not taken from tables/schema.py), so a table we create is compared
+contract §5.1 on purpose (not taken from tables/schema.py), so a table we create is compared
 with the backend's, not with itself. `definition()` reads a table's full definition from
 the catalogs: columns (type, nullability, default, order), constraints, indexes.
 """

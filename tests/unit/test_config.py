@@ -1,4 +1,4 @@
-"""SPEC §3: both dialects, every validation rule, the goal index, exit code 2."""
+"""contract §3: both dialects, every validation rule, the goal index, exit code 2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The wire contract (SPEC §1.1) as compiled, code generation from scratch, and the
+"""The wire contract (contract §1.1) as compiled, code generation from scratch, and the
 proto -> Event decoding rules, without a server."""
 
 from __future__ import annotations
