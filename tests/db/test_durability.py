@@ -1,6 +1,7 @@
 """Durable acknowledgements at the flusher/writer level (contract §6), on real PostgreSQL
-with a real second session: group commit, rows held by another transaction (skip + carry), poison rows whose dead
-letter cannot be stored as-is, and flushes that always finish."""
+with a real second session: group commit, rows held by another transaction (skip +
+carry), poison rows whose dead letter cannot be stored as-is, and flushes that always
+finish."""
 
 from __future__ import annotations
 
