@@ -22,10 +22,12 @@ from collections.abc import Awaitable, Sequence
 
 import faust
 
+from app.core.clock import now_utc
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
+from app.core.time_bounds import TimeBounds
 from app.kafka.codec import Forwarded, dead_letter_value, encode
 from app.kafka.faust_app import KafkaApp, SourceTopic
-from app.observability import metrics
+from app.observability import event_times, metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,16 @@ class Ingest:
         self.topic_name = source.topic.get_topic_name()
         self.event_type: EventType = source.event_type
         self.received = metrics.EVENTS.labels("kafka")  # label child looked up once
+        # Event times out of bounds fall back, counted (contract §1.3). A batch's records
+        # share one receipt time: the future bound costs nothing per record.
+        self.time_bounds = TimeBounds.from_settings(
+            kafka.runtime.pipeline.settings, note=event_times.note
+        )
+        self.receipt = now_utc()
 
     async def batch(self, records: Sequence[faust.EventT[bytes]]) -> None:
         self.received.inc(len(records))
+        self.receipt = now_utc()
         direct: list[tuple[faust.EventT[bytes], Event]] = []
         forwarded: list[tuple[faust.EventT[bytes], bytes, bytes, Awaitable[object]]] = []
         for record in records:
@@ -128,7 +137,13 @@ class Ingest:
         raw = record.value
         if raw is None or raw == b"":
             raise InvalidEvent("nil_message", "message cannot be nil")
-        return decode_json_event(raw, self.event_type, fallback_ms=record_ms(record.message))
+        return decode_json_event(
+            raw,
+            self.event_type,
+            received=self.receipt,
+            record_ms=record_ms(record.message),
+            bounds=self.time_bounds,
+        )
 
     async def forward(
         self, record: faust.EventT[bytes], event: Event

@@ -13,7 +13,10 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from app.core.clock import now_utc
 from app.core.events import InvalidEvent, decode_json_event
+from app.core.time_bounds import TimeBounds
+from app.observability import event_times
 from app.pipeline import Pipeline
 
 SKIP_OUTCOMES = ("no_goal", "other_namespace", "ignored_value", "stale")
@@ -61,8 +64,15 @@ def progress_bar() -> Progress:
     )
 
 
+# Lines between two readings of the wall clock, the replay's receipt time: only the
+# future bound depends on it (old times stay exact, contract §1.3).
+CLOCK_EVERY = 1024
+
+
 async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
     summary = ReplaySummary()
+    bounds = TimeBounds.from_settings(pipeline.settings, note=event_times.note)
+    received = now_utc()
     started = time.perf_counter()
     pending: set[asyncio.Future[Any]] = set()
     # A local file read line by line: the event loop only runs our own flusher meanwhile.
@@ -74,8 +84,10 @@ async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
             if not line.strip():
                 continue
             summary.lines += 1
+            if summary.lines % CLOCK_EVERY == 0:
+                received = now_utc()
             try:
-                event = decode_json_event(line)
+                event = decode_json_event(line, received=received, bounds=bounds)
             except InvalidEvent as exc:
                 summary.refused(exc.reason, f"line {number}", exc.message)
                 continue

@@ -16,6 +16,11 @@ from typing import Any, NamedTuple
 import orjson
 
 from app.core.clock import from_epoch_ms, now_utc, utc_naive
+from app.core.time_bounds import TOO_NEW, TOO_OLD, UNREADABLE, TimeBounds
+
+# The contract's default bounds, for callers that pass none (tests, one-off tools); the
+# services pass theirs, built from the settings with a `note` that counts fallbacks.
+DEFAULT_BOUNDS = TimeBounds()
 
 INT_MAX = 2_147_483_647
 INT_MIN = -2_147_483_648
@@ -26,8 +31,8 @@ MAX_USER_ID_LENGTH = 100
 MAX_EVENT_ID_LENGTH = 512
 
 # Event times the service can represent: every period computed from one (day, ISO week,
-# month, and their ends) stays inside Python's datetime range. A timestamp outside falls
-# back like a missing one (SPEC §2 "Hostile input").
+# month, and their ends) stays inside Python's datetime range. The bounds a service runs
+# with (app/core/time_bounds.py, EVENT_TIME_MIN and EVENT_TIME_MAX_SKEW) sit inside it.
 EARLIEST_EVENT_TIME = datetime(1, 1, 1)  # a Monday: the week start never underflows
 LATEST_EVENT_TIME = datetime(9999, 12, 1)  # exclusive: December 9999 has no month end
 
@@ -85,30 +90,91 @@ def representable(moment: datetime | None) -> datetime | None:
     return moment
 
 
-# RFC 3339 (SPEC §1.3); a missing offset is taken as UTC. datetime.fromisoformat alone
+# RFC 3339 (contract §1.3); a missing offset is taken as UTC. datetime.fromisoformat alone
 # would also take "11111111" or week dates.
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?([Zz]|[+-]\d{2}:\d{2})?"
 )
 
 
-def parse_timestamp(raw: Any) -> datetime | None:
-    """RFC 3339 text -> naive UTC; None when absent, unreadable or out of range."""
-    if not raw or not isinstance(raw, str):
-        return None
+def parse_utc(raw: str) -> datetime | None:
+    """RFC 3339 text -> naive UTC, not range-checked; None when unreadable or when its
+    UTC form leaves years 1..9999 (`unparsed_reason` tells which)."""
     text = raw.strip()
     match = _RFC3339.fullmatch(text)
     if match is None:
         return None
+    offset = match.group(4)
     try:
-        offset = match.group(4)
         if offset is None:
-            return representable(datetime.fromisoformat(text))
-        if offset == "Z" and match.group(1):  # UTC already: no time zone arithmetic
-            return representable(datetime.fromisoformat(text[:-1]))
-        return representable(utc_naive(datetime.fromisoformat(text)))
-    except (ValueError, OverflowError):  # OverflowError: the UTC shift leaves year 1..9999
+            return datetime.fromisoformat(text)
+        if offset in "Zz" and match.group(1):  # UTC already: no time zone arithmetic
+            return datetime.fromisoformat(text[:-1])
+        return utc_naive(datetime.fromisoformat(text))
+    except OverflowError:  # the UTC shift leaves year 1..9999
         return None
+    except ValueError:
+        return _leap_second(text, match)
+
+
+def _leap_second(text: str, match: re.Match[str]) -> datetime | None:
+    """`23:59:60` (a leap second, valid RFC 3339) -> the last microsecond of its minute,
+    so it stays in its UTC day; anything else fromisoformat refused is unreadable."""
+    seconds = match.group(2)
+    if seconds is None or seconds[1:3] != "60":
+        return None
+    start, end = match.span(2)
+    return parse_utc(f"{text[:start]}:59.999999{text[end:]}")
+
+
+def unparsed_reason(raw: str) -> str:
+    """Why `parse_utc` gave nothing: a time before year 1 or after 9999 in UTC is too old
+    or too new; anything else is unreadable. Only runs for times that fell back."""
+    match = _RFC3339.fullmatch(raw.strip())
+    if match is None or not match.group(4) or match.group(4) in "Zz":
+        return UNREADABLE
+    try:
+        datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return UNREADABLE
+    return TOO_OLD if match.group(4).startswith("+") else TOO_NEW
+
+
+def parse_timestamp(raw: Any) -> datetime | None:
+    """RFC 3339 text -> naive UTC; None when absent, unreadable or out of range."""
+    if not raw or not isinstance(raw, str):
+        return None
+    return representable(parse_utc(raw))
+
+
+def event_time(
+    timestamp: Any, record_ms: float | None, received: datetime, bounds: TimeBounds
+) -> datetime:
+    """The event time (contract §1.3): the payload's timestamp, else the Kafka record
+    time, else `received`. A time out of bounds (or unreadable) is passed over like a
+    missing one, and noted with why. Hot path: a parse and two comparisons."""
+    latest = bounds.latest(received)
+    if timestamp:
+        moment = parse_utc(timestamp) if isinstance(timestamp, str) else None
+        if moment is None:
+            bounds.note(unparsed_reason(timestamp) if isinstance(timestamp, str) else UNREADABLE)
+        elif moment < bounds.earliest:
+            bounds.note(TOO_OLD)
+        elif moment > latest:
+            bounds.note(TOO_NEW)
+        else:
+            return moment
+    if record_ms is not None and record_ms >= 0:  # Kafka: -1 is "no timestamp"
+        moment = from_epoch_ms(record_ms) if record_ms > 0 else datetime(1970, 1, 1)
+        if moment is None:  # beyond what a datetime holds
+            bounds.note(TOO_NEW)
+        elif moment < bounds.earliest:
+            bounds.note(TOO_OLD)
+        elif moment > latest:
+            bounds.note(TOO_NEW)
+        else:
+            return moment
+    return received
 
 
 def finite(number: float, name: str) -> float:
@@ -159,8 +225,9 @@ def build_event(
     namespace: str,
     user_id: str,
     timestamp: Any,
-    fallback_time: datetime | None,
-    fallback_ms: float | None = None,
+    received: datetime | None = None,
+    record_ms: float | None = None,
+    bounds: TimeBounds = DEFAULT_BOUNDS,
     has_payload: bool = True,
     stat_code: str = "",
     value: float = 0.0,
@@ -169,7 +236,8 @@ def build_event(
     """Validate in SPEC §2 order (after 'message cannot be nil') and build the Event.
 
     Everything that could refuse the event happens here, before any goal sees it, so an
-    event is applied whole or not at all.
+    event is applied whole or not at all. `received`: when the service received it (the
+    last fallback time and the base of the future bound; now when not given).
     """
     validate_identity(user_id)
     if event_type is EventType.STATISTIC:
@@ -184,19 +252,12 @@ def build_event(
         raise InvalidEvent("event_id_too_long", "id too long")
     storable(event_id, "id")
     storable(namespace, "namespace")
-    event_time = (
-        parse_timestamp(timestamp)
-        or representable(fallback_time)
-        # the Kafka record time, converted only when the payload has no usable time
-        or representable(from_epoch_ms(fallback_ms))
-        or now_utc()
-    )
     return Event(
         event_id=event_id,
         type=event_type,
         namespace=namespace,
         user_id=user_id,
-        event_time=event_time,
+        event_time=event_time(timestamp, record_ms, received or now_utc(), bounds),
         stat_code=stat_code,
         value=to_int(value),
         inc=to_int(inc),
@@ -236,13 +297,14 @@ def event_type_of(obj: dict[str, Any]) -> EventType:
 def decode_json_event(
     raw: bytes | str | dict[str, Any],
     event_type: EventType | None = None,
-    fallback_time: datetime | None = None,
-    fallback_ms: float | None = None,
+    received: datetime | None = None,
+    record_ms: float | None = None,
+    bounds: TimeBounds = DEFAULT_BOUNDS,
 ) -> Event:
-    """Either JSON shape of SPEC §1.2 -> Event (InvalidEvent when unusable).
+    """Either JSON shape of contract §1.2 -> Event (InvalidEvent when unusable).
 
-    `fallback_ms`: the Kafka record timestamp (epoch ms), the event time when the payload
-    has none (SPEC §1.3), after `fallback_time`."""
+    `record_ms`: the Kafka record timestamp (epoch ms), the event time when the payload
+    has no real one (contract §1.3); `received`: when the service received the record."""
     if isinstance(raw, dict):
         obj = raw
     else:
@@ -282,8 +344,9 @@ def decode_json_event(
         namespace=namespace,
         user_id=user_id,
         timestamp=timestamp,
-        fallback_time=fallback_time,
-        fallback_ms=fallback_ms,
+        received=received,
+        record_ms=record_ms,
+        bounds=bounds,
         has_payload=bool(payload),
         stat_code=stat_code,
         value=value,

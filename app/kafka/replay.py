@@ -15,11 +15,13 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from app.core.challenges import ChallengeConfig
-from app.core.clock import epoch_ms
+from app.core.clock import epoch_ms, now_utc
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.core.latest import LatestValues
 from app.core.settings import Settings, SettingsError
+from app.core.time_bounds import TimeBounds
 from app.kafka.topics import event_type_for
+from app.observability import event_times
 from app.pipeline import running
 from app.replay import ReplaySummary
 
@@ -52,6 +54,7 @@ async def replay_range(
     summary = ReplaySummary()
     event_type = event_type_for(topic)
     latest = LatestValues(config)
+    bounds = TimeBounds.from_settings(settings, note=event_times.note)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
@@ -75,6 +78,9 @@ async def replay_range(
             while active:
                 batches = await consumer.getmany(*active, timeout_ms=1000, max_records=5000)
                 started_batch = time.perf_counter()
+                # a replay takes old times as they are: only the future bound reads
+                # the replay's wall clock
+                received = now_utc()
                 for tp, records in batches.items():
                     for record in records:
                         if tp not in active:
@@ -84,7 +90,7 @@ async def replay_range(
                         ):
                             active.discard(tp)
                             break
-                        event = _event(latest, summary, record, event_type)
+                        event = _event(latest, summary, record, event_type, (bounds, received))
                         if event is not None:
                             await pipeline.buffer_batched(event)  # waits when full
                         if record.offset + 1 >= end[tp]:
@@ -117,13 +123,20 @@ def _event(
     summary: ReplaySummary,
     record: ConsumerRecord[bytes, bytes],
     event_type: EventType | None,
+    receipt: tuple[TimeBounds, datetime],
 ) -> Event | None:
     """The record's event to apply; None when invalid (counted) or stale."""
     summary.lines += 1
     try:
         if not record.value:
             raise InvalidEvent("nil_message", "message cannot be nil")
-        event = decode_json_event(record.value, event_type, fallback_ms=record.timestamp)
+        event = decode_json_event(
+            record.value,
+            event_type,
+            received=receipt[1],
+            record_ms=record.timestamp,
+            bounds=receipt[0],
+        )
     except InvalidEvent as exc:
         summary.refused(
             exc.reason, f"partition {record.partition} offset {record.offset}", exc.message

@@ -17,6 +17,7 @@ from typing import Any
 
 from agents.ingest import SLICE, Ingest
 from app.core.events import Event, EventType
+from app.core.time_bounds import TimeBounds
 from app.observability import metrics
 from tests.helpers.kafka import login_json
 
@@ -86,6 +87,7 @@ def ingest(runtime: FailingRuntime, dead_letters: DeadLetters) -> Ingest:
     agent.topic_name = TOPIC
     agent.event_type = EventType.LOGIN
     agent.received = metrics.EVENTS.labels("kafka")
+    agent.time_bounds = TimeBounds()
     return agent
 
 
