@@ -26,6 +26,7 @@ from app.core.challenges import ChallengeConfig, ConfigError, Goal, Source, load
 from app.core.dedup import DedupWindow
 from app.core.events import Event, EventType
 from app.core.settings import Settings
+from app.core.time_bounds import TimeBounds
 from app.observability import metrics
 from tables.buffer import BufferFull, Flusher, Generation
 from tables.db import make_engine
@@ -69,6 +70,7 @@ class Pipeline:
             batch_size=settings.db_batch_size,
             assignment_mode=settings.assignment_mode,
             parallelism=max(1, min(4, settings.db_pool_size // 2)),
+            time_bounds=TimeBounds.from_settings(settings),
         )
         self.flusher = Flusher(
             self.writer,

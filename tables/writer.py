@@ -38,7 +38,9 @@ import orjson
 from sqlalchemy import TextClause, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.core.clock import now_utc
 from app.core.progress import Delta
+from app.core.time_bounds import TimeBounds, refused_deltas
 from tables.db import OUTAGE, RETRY, classify, driver_fetch, positional, sqlstate
 from tables.event_ids import EventClaim, storable
 from tables.merge_sql import build_statements, postgres_params, sqlite_params
@@ -239,8 +241,11 @@ class Writer:
         parallelism: int = 1,
         optimistic: bool = True,
         lock_timeout: str = LOCK_TIMEOUT,
+        time_bounds: TimeBounds | None = None,
     ):
         self.engine = engine
+        # last line of defence: a delta holding a time out of bounds is never sent
+        self.time_bounds = time_bounds or TimeBounds()
         self.batch_size = batch_size
         self.dialect = engine.dialect.name
         self.statements = build_statements(self.dialect, assignment_mode)
@@ -380,8 +385,8 @@ class Writer:
         insert, a row the database refuses): the caller then writes the flush the long
         way, which handles each of those. A lost database is raised as for any write.
         """
-        if len(deltas) > self.batch_size:
-            return None
+        if len(deltas) > self.batch_size or refused_deltas(self.time_bounds, deltas, now_utc()):
+            return None  # (a time out of bounds: dead-lettered the long way)
         rounds = rounds_of(deltas)
         owned = claim.owned_ids()
         if len(rounds) != 1 or owned is None:
@@ -463,6 +468,7 @@ class Writer:
                         result.duplicates = len(duplicates)
                         deltas = claim.refold(duplicates)
                 result.rows = len(deltas)
+                deltas = self._in_bounds(deltas, result)
                 for round_deltas in rounds_of(deltas):
                     for start in range(0, len(round_deltas), self.batch_size):
                         chunk = round_deltas[start : start + self.batch_size]
@@ -491,6 +497,16 @@ class Writer:
                 raise  # not a row's fault and not transient: a bug; surface it
             raise _Poison(exc) from exc
         return result
+
+    def _in_bounds(self, deltas: Sequence[Delta], result: WriteResult) -> Sequence[Delta]:
+        """The deltas whose every time is within the bounds (contract §1.3); any other is
+        poison: dead-lettered with why, never written (no -infinity, no year 9999)."""
+        refused = refused_deltas(self.time_bounds, deltas, now_utc())
+        if not refused:
+            return deltas
+        result.poisoned.extend(refused)
+        out = {id(delta) for delta, _ in refused}
+        return [delta for delta in deltas if id(delta) not in out]
 
     async def _hold(
         self,

@@ -120,21 +120,26 @@ def parse_utc(raw: str) -> datetime | None:
 def _leap_second(text: str, match: re.Match[str]) -> datetime | None:
     """`23:59:60` (a leap second, valid RFC 3339) -> the last microsecond of its minute,
     so it stays in its UTC day; anything else fromisoformat refused is unreadable."""
-    seconds = match.group(2)
-    if seconds is None or seconds[1:3] != "60":
+    replaced = _without_leap_second(text, match)
+    return None if replaced is None else parse_utc(replaced)
+
+
+def _without_leap_second(text: str, match: re.Match[str]) -> str | None:
+    if (match.group(2) or "")[1:3] != "60":
         return None
     start, end = match.span(2)
-    return parse_utc(f"{text[:start]}:59.999999{text[end:]}")
+    return f"{text[:start]}:59.999999{text[end:]}"
 
 
 def unparsed_reason(raw: str) -> str:
     """Why `parse_utc` gave nothing: a time before year 1 or after 9999 in UTC is too old
     or too new; anything else is unreadable. Only runs for times that fell back."""
-    match = _RFC3339.fullmatch(raw.strip())
+    text = raw.strip()
+    match = _RFC3339.fullmatch(text)
     if match is None or not match.group(4) or match.group(4) in "Zz":
         return UNREADABLE
     try:
-        datetime.fromisoformat(raw.strip())
+        datetime.fromisoformat(_without_leap_second(text, match) or text)
     except ValueError:
         return UNREADABLE
     return TOO_OLD if match.group(4).startswith("+") else TOO_NEW

@@ -12,7 +12,7 @@ Plain Python without I/O: the adapters pass a `note` callable that counts each f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -99,24 +99,36 @@ def delta_refusal(bounds: TimeBounds, delta: Delta, now: datetime) -> str | None
     Every time a delta sends is checked: its first and last event time, each step's time
     (completed_at comes from them), and its period (expires_at): a period must hold the
     delta's events and span at most a month, so it stays within a month of the bounds.
+    A few comparisons per delta: it runs for every row of every flush.
     """
-    for name, moment in (("first_time", delta.first_time), ("last_time", delta.last_time)):
-        why = bounds.refusal(moment, now)
-        if why is not None:
-            return f"event time out of bounds ({why}): {name} {moment.isoformat()}"
+    earliest, latest = bounds.earliest, bounds.latest(now)
+    first, last = delta.first_time, delta.last_time
+    if not (earliest <= first <= latest and earliest <= last <= latest):
+        name, moment = ("first_time", first) if bounds.refusal(first, now) else ("last_time", last)
+        return f"event time out of bounds ({bounds.refusal(moment, now)}): {name} {moment}"
     for _, moment in delta.steps:
-        why = bounds.refusal(moment, now)
-        if why is not None:
-            return f"event time out of bounds ({why}): step time {moment.isoformat()}"
+        if moment < earliest or moment > latest:
+            return f"event time out of bounds ({bounds.refusal(moment, now)}): step {moment}"
     start, end = delta.period_start, delta.period_end
     if start is None and end is None:
         return None
     if (
         start is None
         or end is None
-        or not datetime.min < start <= delta.first_time
-        or not delta.last_time < end < datetime.max
+        or not (datetime.min < start <= first and last < end < datetime.max)
         or end - start > LONGEST_PERIOD
     ):
-        return f"period out of bounds: {start!r} to {end!r}"
+        return f"period out of bounds: {start} to {end}"
     return None
+
+
+def refused_deltas(
+    bounds: TimeBounds, deltas: Iterable[Delta], now: datetime
+) -> list[tuple[Delta, str]]:
+    """(delta, why) for each delta the writer must not send."""
+    refused = []
+    for delta in deltas:
+        why = delta_refusal(bounds, delta, now)
+        if why is not None:
+            refused.append((delta, why))
+    return refused
