@@ -5,14 +5,21 @@ No I/O here. A `Delta` is what the buffer holds for one (user, goal, period) unt
 next flush. Goals fall into four families by how events combine:
 
 - COUNTER: progress grows by an increment per event (logins; increment goals; relative
-  logins). Holds the sum and the running sum after each event (to find the exact event
-  that crossed the target, whatever the row's progress turns out to be).
+  logins). Holds the sum and the running sums in event-time order, up to the first that
+  reaches the target (to find the exact event that crossed it, whatever the row's
+  progress turns out to be).
 - SET: progress becomes the stat value (absolute and relative stat goals). Holds the
   latest value by event time, the baseline candidate of the first event, and the
-  record-breaking values in order (the first event that can have completed the row).
+  record-breaking values in event-time order (the first event that can have completed
+  the row).
 - DAILY: "completed today" goals. Holds the first event time of that UTC day.
 - COUNTER_DAILY: increment goals with `daily: true`: the first event of the UTC day
   counts, the rest of that day does not.
+
+Steps are (level, event time) pairs in event-time order whatever order the events of a
+flush arrived in (a late event is inserted where its time puts it), so `completed_at` is
+the time of the event that reached the target first in event time; the writer sends
+them as they are (tables/merge_sql.py).
 
 Period-sensitive goals (daily kinds, rotating goals) are buffered per period, so one
 flush can apply several days of a replay in order, exactly like live processing did.
@@ -21,10 +28,12 @@ flush can apply several days of a replay in order, exactly like live processing 
 from __future__ import annotations
 
 import calendar
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
+from operator import itemgetter
 
 from app.core.challenges import Goal, Kind, Schedule, Source
 from app.core.events import INT_MAX, Event, EventType, clamp_int
@@ -163,26 +172,41 @@ class Delta:
         self.events = 0
 
     def add(self, event: Event) -> None:
+        """Fold one event in, as if the flush's events were stably sorted by event time:
+        steps are kept in event-time order whatever the arrival order (a tie of equal
+        times merges into one step); the latest value and the first baseline go by event
+        time, equal times by arrival (as consecutive flushes would take them)."""
         t = event.event_time
         family = self.family
         self.events += 1
         if family is Family.COUNTER:
             step = 1 if event.type is EventType.LOGIN or event.inc <= 0 else event.inc
             amount = self.amount + step
-            self.amount = amount = amount if amount < INT_MAX else INT_MAX
+            self.amount = amount if amount < INT_MAX else INT_MAX
             steps = self.steps
-            if not steps or steps[-1][0] < self.goal.target:
-                steps.append((amount, t))
+            if not steps:
+                steps.append((step, t))
+            elif t > steps[-1][1]:  # in order (the usual case): one comparison
+                level = steps[-1][0]
+                if level < self.goal.target:
+                    level += step
+                    steps.append((level if level < INT_MAX else INT_MAX, t))
+            else:
+                _insert_increment(steps, step, t, self.goal.target)
         elif family is Family.SET:
+            value = event.value
             first = self.events == 1
             if first or t >= self.value_time:
-                self.value, self.value_time = event.value, t
+                self.value, self.value_time = value, t
             if first or t < self.first_time:
                 # value - inc of two clamped ints can leave the INT range (5 - -2^31)
-                self.first_base = max(clamp_int(event.value - event.inc), -INT_MAX)
+                self.first_base = max(clamp_int(value - event.inc), -INT_MAX)
             steps = self.steps
-            if not steps or event.value > steps[-1][0]:
-                steps.append((event.value, t))
+            if not steps or t > steps[-1][1]:
+                if not steps or value > steps[-1][0]:
+                    steps.append((value, t))
+            else:
+                _insert_record(steps, value, t)
         elif family is Family.COUNTER_DAILY and (self.events == 1 or t < self.first_time):
             self.amount = event.inc if event.type is EventType.STATISTIC and event.inc > 0 else 1
         if t < self.first_time:
@@ -200,6 +224,45 @@ class Delta:
             f"period={self.period_start}, amount={self.amount}, value={self.value}, "
             f"events={self.events})"
         )
+
+
+_step_time = itemgetter(1)
+
+
+def _insert_increment(
+    steps: list[tuple[int, datetime]], step: int, t: datetime, target: int
+) -> None:
+    """COUNTER, an event at or before the last step's time (late, or a tie): its
+    increment joins the running sums from its time on. Steps end at the first one that
+    reaches the target: later ones can never be the event that completed the row."""
+    i = bisect_left(steps, t, key=_step_time)  # t <= the last step's time: i < len
+    if steps[i][1] != t:
+        steps.insert(i, (steps[i - 1][0] if i else 0, t))
+    for k in range(i, len(steps)):
+        level = steps[k][0] + step
+        steps[k] = (level if level < INT_MAX else INT_MAX, steps[k][1])
+        if level >= target:
+            del steps[k + 1 :]
+            return
+
+
+def _insert_record(steps: list[tuple[int, datetime]], value: int, t: datetime) -> None:
+    """SET, an event at or before the last step's time: the steps are the values that
+    beat every value of an earlier event time (a staircase, rising in time and value).
+    The new one joins when nothing at or before its time is as high, and drops the later
+    steps it now beats."""
+    i = bisect_right(steps, t, key=_step_time)  # steps[:i] are at or before t
+    if i and steps[i - 1][0] >= value:
+        return
+    if i and steps[i - 1][1] == t:
+        i -= 1
+        steps[i] = (value, t)
+    else:
+        steps.insert(i, (value, t))
+    end = i + 1
+    while end < len(steps) and steps[end][0] <= value:
+        end += 1
+    del steps[i + 1 : end]
 
 
 BufferKey = tuple[str, str, datetime | None]
