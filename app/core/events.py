@@ -283,6 +283,14 @@ def _text(raw: Any, name: str) -> str:
     return raw
 
 
+def json_user_id(obj: dict[str, Any], payload: dict[str, Any]) -> str:
+    """The user id of a JSON event: top-level `userId`, else the payload's (contract
+    §1.1); InvalidEvent when either is not a string."""
+    return _text(_get(obj, "userId", "user_id"), "userId") or _text(
+        _get(payload, "userId", "user_id"), "userId"
+    )
+
+
 def event_type_of(obj: dict[str, Any]) -> EventType:
     """For sources without a topic (JSON-lines files): the AGS event name or the payload."""
     kind = obj.get("type") or obj.get("eventType") or obj.get("name") or ""
@@ -327,9 +335,7 @@ def decode_json_event(
     if payload is not None and not isinstance(payload, dict):
         raise InvalidEvent("wrong_type", "payload must be an object")
     payload = payload or {}
-    user_id = _text(_get(obj, "userId", "user_id"), "userId") or _text(
-        _get(payload, "userId", "user_id"), "userId"
-    )
+    user_id = json_user_id(obj, payload)
     namespace = _text(obj.get("namespace"), "namespace") or _text(
         payload.get("namespace"), "namespace"
     )
