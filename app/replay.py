@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from app.core.clock import now_utc
 from app.core.events import InvalidEvent, decode_json_event
+from app.core.settings import Settings
 from app.core.time_bounds import TimeBounds
 from app.observability import event_times
 from app.pipeline import Pipeline
@@ -29,6 +30,7 @@ class ReplaySummary:
     invalid: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     first_errors: list[str] = field(default_factory=list)
+    time_fallbacks: Counter[str] = field(default_factory=Counter)  # by reason
 
     def refused(self, reason: str, where: str, message: str) -> None:
         """Count an unusable record; the first few are quoted in the report."""
@@ -48,8 +50,20 @@ class ReplaySummary:
                 out.append(f"  skipped ({outcome.replace('_', ' ')}): {self.outcomes[outcome]}")
         for reason, count in sorted(self.invalid.items()):
             out.append(f"  invalid ({reason}): {count}")
+        for reason, count in sorted(self.time_fallbacks.items()):
+            out.append(f"  event time {reason.replace('_', ' ')}, next source used: {count}")
         out.extend(f"  {line}" for line in self.first_errors)
         return out
+
+    def bounds(self, settings: Settings) -> TimeBounds:
+        """The event-time bounds of a replay: a time passed over is counted in the metric,
+        the minute's log line and this summary."""
+
+        def note(reason: str) -> None:
+            self.time_fallbacks[reason] += 1
+            event_times.note(reason)
+
+        return TimeBounds.from_settings(settings, note=note)
 
 
 def progress_bar() -> Progress:
@@ -71,7 +85,7 @@ CLOCK_EVERY = 1024
 
 async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
     summary = ReplaySummary()
-    bounds = TimeBounds.from_settings(pipeline.settings, note=event_times.note)
+    bounds = summary.bounds(pipeline.settings)
     received = now_utc()
     started = time.perf_counter()
     pending: set[asyncio.Future[Any]] = set()

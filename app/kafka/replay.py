@@ -21,7 +21,6 @@ from app.core.latest import LatestValues
 from app.core.settings import Settings, SettingsError
 from app.core.time_bounds import TimeBounds
 from app.kafka.topics import event_type_for
-from app.observability import event_times
 from app.pipeline import running
 from app.replay import ReplaySummary
 
@@ -54,7 +53,7 @@ async def replay_range(
     summary = ReplaySummary()
     event_type = event_type_for(topic)
     latest = LatestValues(config)
-    bounds = TimeBounds.from_settings(settings, note=event_times.note)
+    bounds = summary.bounds(settings)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
