@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.core.challenges import Schedule, Source
-from app.core.events import Event, EventType, decode_json_event, event_time
+from app.core.event_time import event_time
+from app.core.events import Event, EventType, decode_json_event
 from app.core.progress import Delta, fold, period_bounds
 from app.core.settings import Settings
 from app.core.time_bounds import (
