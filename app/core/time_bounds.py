@@ -50,7 +50,7 @@ class TimeBounds:
     its events cost an identity check instead of an addition each.
     """
 
-    __slots__ = ("_latest", "_received", "earliest", "note", "skew")
+    __slots__ = ("_cap", "_latest", "_received", "earliest", "note", "skew")
 
     def __init__(
         self,
@@ -60,6 +60,7 @@ class TimeBounds:
     ):
         self.earliest = min(max(utc_naive(earliest), FLOOR), CEILING)
         self.skew = min(max(skew, timedelta(0)), MAX_SKEW)
+        self._cap = CEILING - self.skew  # a receipt after it: the bound is CEILING
         self.note: Callable[[str], None] = note or _ignore
         self._received: datetime | None = None
         self._latest = CEILING
@@ -75,7 +76,7 @@ class TimeBounds:
         """The latest real event time for an event received at `received`."""
         if received is not self._received:
             self._received = received
-            self._latest = received + self.skew if received < CEILING - self.skew else CEILING
+            self._latest = received + self.skew if received < self._cap else CEILING
         return self._latest
 
     def refusal(self, moment: datetime, received: datetime) -> str | None:

@@ -45,7 +45,7 @@ class FallbackLog:
         now = time.monotonic() if now is None else now
         if self.counts:
             self.logger.warning(
-                "event times out of bounds: the next time source was used",
+                "event times passed over (out of bounds or unreadable): next source used",
                 extra={"fallbacks": dict(self.counts)},
             )
             self.counts.clear()
