@@ -28,12 +28,10 @@ flush can apply several days of a replay in order, exactly like live processing 
 from __future__ import annotations
 
 import calendar
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
-from operator import itemgetter
 
 from app.core.challenges import Goal, Kind, Schedule, Source
 from app.core.events import INT_MAX, Event, EventType, clamp_int
@@ -131,6 +129,8 @@ class Delta:
     """Pending change for one (user, goal, period); merged in place per event."""
 
     __slots__ = (
+        "_late",
+        "_steps",
         "amount",
         "events",
         "family",
@@ -141,7 +141,6 @@ class Delta:
         "namespace",
         "period_end",
         "period_start",
-        "steps",
         "user_id",
         "value",
         "value_time",
@@ -168,7 +167,10 @@ class Delta:
         self.first_base: int | None = None  # SET: value - inc of the first event
         self.first_time = event_time
         self.last_time = event_time
-        self.steps: list[tuple[int, datetime]] = []  # (level after the event, event time)
+        # (level, event time) of the events that arrived in time order; late arrivals
+        # (at or before the last step's time) wait in `_late` until steps are read
+        self._steps: list[tuple[int, datetime]] = []
+        self._late: list[tuple[int, datetime]] | None = None
         self.events = 0
 
     def add(self, event: Event) -> None:
@@ -183,16 +185,16 @@ class Delta:
             step = 1 if event.type is EventType.LOGIN or event.inc <= 0 else event.inc
             amount = self.amount + step
             self.amount = amount if amount < INT_MAX else INT_MAX
-            steps = self.steps
+            steps = self._steps
             if not steps:
                 steps.append((step, t))
-            elif t > steps[-1][1]:  # in order (the usual case): one comparison
+            elif t > steps[-1][1]:  # in time order (the usual case): one comparison
                 level = steps[-1][0]
-                if level < self.goal.target:
+                if level < self.goal.target:  # later steps cannot complete the row
                     level += step
                     steps.append((level if level < INT_MAX else INT_MAX, t))
             else:
-                _insert_increment(steps, step, t, self.goal.target)
+                self._arrived_late(step, t)
         elif family is Family.SET:
             value = event.value
             first = self.events == 1
@@ -201,18 +203,46 @@ class Delta:
             if first or t < self.first_time:
                 # value - inc of two clamped ints can leave the INT range (5 - -2^31)
                 self.first_base = max(clamp_int(value - event.inc), -INT_MAX)
-            steps = self.steps
+            steps = self._steps
             if not steps or t > steps[-1][1]:
-                if not steps or value > steps[-1][0]:
+                if not steps or value > steps[-1][0]:  # else an earlier step is as high
                     steps.append((value, t))
             else:
-                _insert_record(steps, value, t)
+                self._arrived_late(value, t)
         elif family is Family.COUNTER_DAILY and (self.events == 1 or t < self.first_time):
             self.amount = event.inc if event.type is EventType.STATISTIC and event.inc > 0 else 1
         if t < self.first_time:
             self.first_time = t
         elif t > self.last_time:
             self.last_time = t
+
+    def _arrived_late(self, amount: int, t: datetime) -> None:
+        """An event at or before the last step's time: kept aside, sorted in when the
+        steps are read (or when enough wait: a stream in reverse order stays n log n)."""
+        late = self._late
+        if late is None:
+            self._late = [(amount, t)]
+        else:
+            late.append((amount, t))
+            if len(late) > len(self._steps) + 256:
+                self._settle()
+
+    @property
+    def steps(self) -> list[tuple[int, datetime]]:
+        """(level, event time) in event-time order, one per distinct time: COUNTER the
+        running sums up to the first that reaches the target, SET the values that beat
+        every value of an earlier time. What the writer sends and completed_at is read
+        from."""
+        if self._late:
+            self._settle()
+        return self._steps
+
+    def _settle(self) -> None:
+        late, self._late = self._late or [], None
+        if self.family is Family.COUNTER:
+            self._steps = _running_sums(self._steps, late, self.goal.target)
+        else:
+            self._steps = _staircase(self._steps, late)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -226,43 +256,42 @@ class Delta:
         )
 
 
-_step_time = itemgetter(1)
-
-
-def _insert_increment(
-    steps: list[tuple[int, datetime]], step: int, t: datetime, target: int
-) -> None:
-    """COUNTER, an event at or before the last step's time (late, or a tie): its
-    increment joins the running sums from its time on. Steps end at the first one that
-    reaches the target: later ones can never be the event that completed the row."""
-    i = bisect_left(steps, t, key=_step_time)  # t <= the last step's time: i < len
-    if steps[i][1] != t:
-        steps.insert(i, (steps[i - 1][0] if i else 0, t))
-    for k in range(i, len(steps)):
-        level = steps[k][0] + step
-        steps[k] = (level if level < INT_MAX else INT_MAX, steps[k][1])
+def _running_sums(
+    steps: list[tuple[int, datetime]], late: list[tuple[int, datetime]], target: int
+) -> list[tuple[int, datetime]]:
+    """COUNTER steps with late increments sorted in: increments summed per time, running
+    sums in time order, cut after the first that reaches the target."""
+    by_time: dict[datetime, int] = {}
+    previous = 0
+    for level, moment in steps:  # levels in time order: back to increments
+        by_time[moment] = level - previous
+        previous = level
+    for step, moment in late:
+        by_time[moment] = by_time.get(moment, 0) + step
+    out = []
+    level = 0
+    for moment in sorted(by_time):
+        level = min(level + by_time[moment], INT_MAX)
+        out.append((level, moment))
         if level >= target:
-            del steps[k + 1 :]
-            return
+            break
+    return out
 
 
-def _insert_record(steps: list[tuple[int, datetime]], value: int, t: datetime) -> None:
-    """SET, an event at or before the last step's time: the steps are the values that
-    beat every value of an earlier event time (a staircase, rising in time and value).
-    The new one joins when nothing at or before its time is as high, and drops the later
-    steps it now beats."""
-    i = bisect_right(steps, t, key=_step_time)  # steps[:i] are at or before t
-    if i and steps[i - 1][0] >= value:
-        return
-    if i and steps[i - 1][1] == t:
-        i -= 1
-        steps[i] = (value, t)
-    else:
-        steps.insert(i, (value, t))
-    end = i + 1
-    while end < len(steps) and steps[end][0] <= value:
-        end += 1
-    del steps[i + 1 : end]
+def _staircase(
+    steps: list[tuple[int, datetime]], late: list[tuple[int, datetime]]
+) -> list[tuple[int, datetime]]:
+    """SET steps with late values sorted in: per time the highest value, then only the
+    values above every value of an earlier time."""
+    best: dict[datetime, int] = {}
+    for value, moment in (*steps, *late):
+        if moment not in best or value > best[moment]:
+            best[moment] = value
+    out: list[tuple[int, datetime]] = []
+    for moment in sorted(best):
+        if not out or best[moment] > out[-1][0]:
+            out.append((best[moment], moment))
+    return out
 
 
 BufferKey = tuple[str, str, datetime | None]

@@ -273,3 +273,19 @@ def test_huge_increments_stay_in_int_range_in_any_order():
     delta = _fold(big)[("u", "kills", None)]
     assert delta.amount == INT_MAX
     assert delta.steps == [(INT_MAX, START)]
+
+
+def test_a_stream_in_reverse_order_gives_the_in_order_steps():
+    """Every event late (a producer replaying backwards): sorted in batches as they wait,
+    the steps equal those of the same events in order (counters below and above their
+    target, set goals with a rising value)."""
+    events = []
+    for i in range(3000):
+        moment = START + timedelta(seconds=i)
+        events.append(Event(f"l{i}", EventType.LOGIN, "ns", "u", moment))
+        events.append(Event(f"s{i}", EventType.STATISTIC, "ns", "u", moment, "s", i // 3, 1))
+    forward, backward = _fold(events), _fold(events[::-1])
+    assert forward.keys() == backward.keys()
+    for key, delta in forward.items():
+        assert _fields(backward[key]) == _fields(delta), key
+    assert len(forward[("u", "best", None)].steps) == 1000  # one per rising value
