@@ -53,7 +53,6 @@ async def replay_range(
     summary = ReplaySummary()
     event_type = event_type_for(topic)
     latest = LatestValues(config)
-    bounds = summary.bounds(settings)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
@@ -77,9 +76,7 @@ async def replay_range(
             while active:
                 batches = await consumer.getmany(*active, timeout_ms=1000, max_records=5000)
                 started_batch = time.perf_counter()
-                # a replay takes old times as they are: only the future bound reads
-                # the replay's wall clock
-                received = now_utc()
+                receipt = (summary.bounds(settings), now_utc())  # the replay's clock
                 for tp, records in batches.items():
                     for record in records:
                         if tp not in active:
@@ -89,7 +86,7 @@ async def replay_range(
                         ):
                             active.discard(tp)
                             break
-                        event = _event(latest, summary, record, event_type, (bounds, received))
+                        event = _event(latest, summary, record, event_type, receipt)
                         if event is not None:
                             await pipeline.buffer_batched(event)  # waits when full
                         if record.offset + 1 >= end[tp]:
@@ -124,7 +121,8 @@ def _event(
     event_type: EventType | None,
     receipt: tuple[TimeBounds, datetime],
 ) -> Event | None:
-    """The record's event to apply; None when invalid (counted) or stale."""
+    """The record's event to apply; None when invalid (counted) or stale. `receipt`: the
+    bounds and the replay's clock (old times are kept as they are, contract §1.3)."""
     summary.lines += 1
     try:
         if not record.value:
