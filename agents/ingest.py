@@ -31,6 +31,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from app.core.clock import now_utc
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.kafka.codec import Forwarded, dead_letter_value, encode
 from app.kafka.faust_app import KafkaApp, SourceTopic
@@ -87,9 +88,14 @@ class Ingest:
         self.topic_name = source.topic.get_topic_name()
         self.event_type: EventType = source.event_type
         self.received = metrics.EVENTS.labels("kafka")  # label child looked up once
+        # Event times out of bounds fall back, counted (contract §1.3). A batch's records
+        # share one receipt time: the future bound costs nothing per record.
+        self.time_bounds = kafka.time_bounds
+        self.receipt = now_utc()
 
     async def batch(self, records: Sequence[faust.EventT[bytes]]) -> None:
         self.received.inc(len(records))
+        self.receipt = now_utc()
         direct: list[tuple[faust.EventT[bytes], Event]] = []
         forwarded: list[Forward] = []
         for record in records:
@@ -184,7 +190,13 @@ class Ingest:
         raw = record.value
         if raw is None or raw == b"":
             raise InvalidEvent("nil_message", "message cannot be nil")
-        return decode_json_event(raw, self.event_type, fallback_ms=record_ms(record.message))
+        return decode_json_event(
+            raw,
+            self.event_type,
+            received=self.receipt,
+            record_ms=record_ms(record.message),
+            bounds=self.time_bounds,
+        )
 
     async def forward(self, record: faust.EventT[bytes], event: Event) -> Forward:
         """Send a copy keyed by user id to the repartition topic (acked once delivered)."""

@@ -24,6 +24,7 @@ from app.core.challenges import ChallengeConfig, Goal, Source
 from app.core.dedup import DedupWindow
 from app.core.events import Event, EventType
 from app.core.settings import Settings
+from app.core.time_bounds import TimeBounds
 from app.flush_report import erased_events, report_flush
 from app.observability import metrics, tracing
 from tables.db import make_engine
@@ -71,6 +72,7 @@ class Pipeline:
             batch_size=settings.db_batch_size,
             assignment_mode=settings.assignment_mode,
             parallelism=max(1, min(4, settings.db_pool_size // 2)),
+            time_bounds=TimeBounds.from_settings(settings),
         )
         self.flusher = Flusher(
             writer,

@@ -14,7 +14,11 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from app.core.clock import now_utc
 from app.core.events import Event, InvalidEvent, decode_json_event
+from app.core.settings import Settings
+from app.core.time_bounds import TimeBounds
+from app.observability import event_times
 from app.pipeline import Pipeline
 from tables.generation import Generation
 
@@ -28,6 +32,7 @@ class ReplaySummary:
     invalid: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     first_errors: list[str] = field(default_factory=list)
+    time_fallbacks: Counter[str] = field(default_factory=Counter)  # by reason
 
     def refused(self, reason: str, where: str, message: str) -> None:
         """Count an unusable record; the first few are quoted in the report."""
@@ -47,8 +52,20 @@ class ReplaySummary:
                 out.append(f"  skipped ({outcome.replace('_', ' ')}): {self.outcomes[outcome]}")
         for reason, count in sorted(self.invalid.items()):
             out.append(f"  invalid ({reason}): {count}")
+        for reason, count in sorted(self.time_fallbacks.items()):
+            out.append(f"  event time {reason.replace('_', ' ')}, next source used: {count}")
         out.extend(f"  {line}" for line in self.first_errors)
         return out
+
+    def bounds(self, settings: Settings) -> TimeBounds:
+        """The event-time bounds of a replay: a time passed over is counted in the metric,
+        the minute's log line and this summary."""
+
+        def note(reason: str) -> None:
+            self.time_fallbacks[reason] += 1
+            event_times.note(reason)
+
+        return TimeBounds.from_settings(settings, note=note)
 
 
 def progress_bar() -> Progress:
@@ -63,12 +80,16 @@ def progress_bar() -> Progress:
     )
 
 
-# Lines read and handed to the pipeline at a time.
+# Lines read and handed to the pipeline at a time; the wall clock (the replay's receipt
+# time: only the future bound depends on it, old times stay exact, contract §1.3) is read
+# once per batch.
 LINES_PER_BATCH = 1000
 
 
 async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
     summary = ReplaySummary()
+    bounds = summary.bounds(pipeline.settings)
+    received = now_utc()
     started = time.perf_counter()
     pending: set[asyncio.Future[Any]] = set()
 
@@ -76,7 +97,7 @@ async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
         number, line = numbered
         summary.lines += 1
         try:
-            return decode_json_event(line)
+            return decode_json_event(line, received=received, bounds=bounds)
         except InvalidEvent as exc:
             summary.refused(exc.reason, f"line {number}", exc.message)
             return None
@@ -91,6 +112,7 @@ async def replay_file(pipeline: Pipeline, path: Path) -> ReplaySummary:
         task = bar.add_task(path.name, total=max(size, 1), events=0)
         numbered = ((n, line) for n, line in enumerate(handle, 1) if line.strip())
         while batch := list(itertools.islice(numbered, LINES_PER_BATCH)):
+            received = now_utc()
             await pipeline.add_batch(batch, event_of, on_added)
             bar.update(task, completed=handle.tell(), events=summary.lines)
             pending = {f for f in pending if not f.done()}

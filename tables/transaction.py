@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.core.clock import now_utc
 from app.core.progress import Delta
+from app.core.time_bounds import TimeBounds, refused_deltas
 from tables.db import OUTAGE, RETRY, classify, driver_fetch, sqlstate
 from tables.event_ids import EventClaim
 from tables.isolation import isolate_chunk, store_dead_letters
@@ -72,12 +74,14 @@ class TransactionWriter:
         self,
         engine: AsyncEngine,
         runner: MergeRunner,
+        time_bounds: TimeBounds,
         *,
         optimistic: bool = True,
         lock_timeout: str = LOCK_TIMEOUT,
     ):
         self.engine = engine
         self.runner = runner
+        self.time_bounds = time_bounds
         self.optimistic = optimistic and runner.has_optimistic
         self._set_lock_timeout = f"SET LOCAL lock_timeout = '{lock_timeout}'"
         self._contended_until = 0.0
@@ -163,6 +167,7 @@ class TransactionWriter:
                 result.duplicates = len(duplicates)
                 deltas = claim.refold(duplicates)
         result.rows = len(deltas)
+        deltas = self._in_bounds(deltas, result)
         size = self.runner.batch_size
         for round_deltas in rounds_of(deltas):
             for start in range(0, len(round_deltas), size):
@@ -182,6 +187,16 @@ class TransactionWriter:
             2 + optimistic + result.statements + (claim is not None) + bool(result.poisoned)
         )
         return result
+
+    def _in_bounds(self, deltas: Sequence[Delta], result: WriteResult) -> Sequence[Delta]:
+        """The deltas whose every time is within the bounds (contract §1.3); any other is
+        poison: dead-lettered with why, never written (no -infinity, no year 9999)."""
+        refused = refused_deltas(self.time_bounds, deltas, now_utc())
+        if not refused:
+            return deltas
+        result.poisoned.extend(refused)
+        out = {id(delta) for delta, _ in refused}
+        return [delta for delta in deltas if id(delta) not in out]
 
     async def _hold(
         self,

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.clock import now_utc
 from app.core.progress import Delta
+from app.core.time_bounds import TimeBounds, refused_deltas
 from tables import parts
 from tables.event_ids import EventClaim
 from tables.merge_runner import MergeRunner
@@ -36,13 +38,20 @@ class Writer:
         parallelism: int = 1,
         optimistic: bool = True,
         lock_timeout: str = LOCK_TIMEOUT,
+        time_bounds: TimeBounds | None = None,
     ):
         self.engine = engine
+        # last line of defence: a delta holding a time out of bounds is never sent
+        self.time_bounds = time_bounds or TimeBounds()
         self.batch_size = batch_size
         self.dialect = engine.dialect.name
         self.runner = MergeRunner(self.dialect, assignment_mode, batch_size)
         self.transactions = TransactionWriter(
-            engine, self.runner, optimistic=optimistic, lock_timeout=lock_timeout
+            engine,
+            self.runner,
+            self.time_bounds,
+            optimistic=optimistic,
+            lock_timeout=lock_timeout,
         )
         # SQLite has one writer; PostgreSQL can merge disjoint users on several connections.
         self.parallelism = parallelism if self.dialect == "postgresql" else 1
@@ -95,7 +104,13 @@ class Writer:
         isolate: bool = False,
     ) -> WriteResult:
         """One part: one statement when it can settle it alone, else one transaction."""
-        if claim is not None and extra is None and not isolate:
+        # a time out of bounds is dead-lettered by the transaction, never the one statement
+        if (
+            claim is not None
+            and extra is None
+            and not isolate
+            and not refused_deltas(self.time_bounds, deltas, now_utc())
+        ):
             single = await self.runner.single(self.engine, deltas, claim)
             if single is not None:
                 return single

@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.core.events import Event, EventType, InvalidEvent, build_event
+from app.core.events import DEFAULT_BOUNDS, Event, EventType, InvalidEvent, build_event
+from app.core.time_bounds import TimeBounds
 
 
 def _require_message(message: Any) -> None:
@@ -18,7 +19,7 @@ def _require_message(message: Any) -> None:
         raise InvalidEvent("nil_message", "message cannot be nil")
 
 
-def decode_login(message: Any, received: datetime) -> Event:
+def decode_login(message: Any, received: datetime, bounds: TimeBounds = DEFAULT_BOUNDS) -> Event:
     """`accelbyte.iam.account.v1.UserLoggedIn` -> login Event."""
     _require_message(message)
     user_id = message.user_id or message.payload.user_account.user_id
@@ -28,11 +29,12 @@ def decode_login(message: Any, received: datetime) -> Event:
         namespace=message.namespace,
         user_id=user_id,
         timestamp=message.timestamp,
-        fallback_time=received,
+        received=received,
+        bounds=bounds,
     )
 
 
-def decode_stat(message: Any, received: datetime) -> Event:
+def decode_stat(message: Any, received: datetime, bounds: TimeBounds = DEFAULT_BOUNDS) -> Event:
     """`accelbyte.social.statistic.v1.StatItemUpdated` -> statistic Event."""
     _require_message(message)
     has_payload = message.HasField("payload")
@@ -44,7 +46,8 @@ def decode_stat(message: Any, received: datetime) -> Event:
         namespace=message.namespace,
         user_id=user_id,
         timestamp=message.timestamp,
-        fallback_time=received,
+        received=received,
+        bounds=bounds,
         has_payload=has_payload,
         stat_code=payload.stat_code,
         value=payload.latest_value,  # NaN is refused by build_event, after the SPEC checks

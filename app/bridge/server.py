@@ -29,7 +29,8 @@ from app.bridge.shedding import OVERLOADED, Shedder, server_options
 from app.core.clock import now_utc
 from app.core.events import Event, InvalidEvent
 from app.core.settings import Settings
-from app.observability import metrics, tracing
+from app.core.time_bounds import TimeBounds
+from app.observability import event_times, metrics, tracing
 from app.pipeline import Pipeline
 from tables.accumulator import BufferFull, Closed
 from tables.waiters import Ack
@@ -44,7 +45,7 @@ EMPTY = b""
 OK = grpc.StatusCode.OK
 RECEIVED = metrics.EVENTS.labels("grpc")
 
-Decoder = Callable[[Any, Any], Event]
+Decoder = Callable[[Any, Any, TimeBounds], Event]
 
 
 class Method:
@@ -75,6 +76,8 @@ class EventHandler:
         # Group commit waits for more callers only while this many are in flight.
         self.flusher.crowd = lambda: self.shedder.in_flight
         self.refusals = RefusalLog(log)
+        # event times out of bounds fall back to the receipt time, counted (contract §1.3)
+        self.time_bounds = TimeBounds.from_settings(settings, note=event_times.note)
         # The in-flight gauge is read from the Shedder's count at scrape time (nothing to
         # do per call); GRPC_WORKERS' multiprocess mode cannot call back into a worker, so
         # there it is kept per call.
@@ -127,7 +130,7 @@ class EventHandler:
     async def _process(self, decode: Decoder, request: bytes) -> tuple[grpc.StatusCode, str]:
         RECEIVED.inc()
         try:
-            event = decode(request, now_utc())
+            event = decode(request, now_utc(), self.time_bounds)
         except InvalidEvent as exc:
             metrics.FAILED.labels(exc.reason).inc()
             self.refusals.note(exc.reason, exc.message)  # one aggregated line per interval

@@ -20,7 +20,8 @@ from google.protobuf import empty_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from app.bridge.decode import decode_login, decode_stat
-from app.core.events import Event, InvalidEvent
+from app.core.events import DEFAULT_BOUNDS, Event, InvalidEvent
+from app.core.time_bounds import TimeBounds
 from proto.build import load as load_protos
 
 protos = load_protos()
@@ -101,14 +102,14 @@ def bad_utf8_field(descriptor: Descriptor, data: bytes, depth: int = 0) -> str |
     return None
 
 
-def login_event(data: bytes, received: datetime) -> Event:
+def login_event(data: bytes, received: datetime, bounds: TimeBounds = DEFAULT_BOUNDS) -> Event:
     """`UserLoggedIn` request bytes -> login Event (InvalidEvent when refused)."""
-    return decode_login(parse(LOGIN_MESSAGE, data), received)
+    return decode_login(parse(LOGIN_MESSAGE, data), received, bounds)
 
 
-def stat_event(data: bytes, received: datetime) -> Event:
+def stat_event(data: bytes, received: datetime, bounds: TimeBounds = DEFAULT_BOUNDS) -> Event:
     """`StatItemUpdated` request bytes -> statistic Event (InvalidEvent when refused)."""
-    return decode_stat(parse(STAT_MESSAGE, data), received)
+    return decode_stat(parse(STAT_MESSAGE, data), received, bounds)
 
 
 Behaviour = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]

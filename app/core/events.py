@@ -8,14 +8,19 @@ message the gRPC layer returns and a short `reason` for metrics and dead-letter 
 from __future__ import annotations
 
 import math
-import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 import orjson
 
-from app.core.clock import from_epoch_ms, now_utc, utc_naive
+from app.core.clock import now_utc
+from app.core.event_time import event_time, parse_utc
+from app.core.time_bounds import TimeBounds
+
+# The contract's default bounds, for callers that pass none (tests, one-off tools); the
+# services pass theirs, built from the settings with a `note` that counts fallbacks.
+DEFAULT_BOUNDS = TimeBounds()
 
 INT_MAX = 2_147_483_647
 INT_MIN = -2_147_483_648
@@ -26,8 +31,8 @@ MAX_USER_ID_LENGTH = 100
 MAX_EVENT_ID_LENGTH = 512
 
 # Event times the service can represent: every period computed from one (day, ISO week,
-# month, and their ends) stays inside Python's datetime range. A timestamp outside falls
-# back like a missing one (SPEC §2 "Hostile input").
+# month, and their ends) stays inside Python's datetime range. The bounds a service runs
+# with (app/core/time_bounds.py, EVENT_TIME_MIN and EVENT_TIME_MAX_SKEW) sit inside it.
 EARLIEST_EVENT_TIME = datetime(1, 1, 1)  # a Monday: the week start never underflows
 LATEST_EVENT_TIME = datetime(9999, 12, 1)  # exclusive: December 9999 has no month end
 
@@ -85,30 +90,11 @@ def representable(moment: datetime | None) -> datetime | None:
     return moment
 
 
-# RFC 3339 (SPEC §1.3); a missing offset is taken as UTC. datetime.fromisoformat alone
-# would also take "11111111" or week dates.
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?([Zz]|[+-]\d{2}:\d{2})?"
-)
-
-
 def parse_timestamp(raw: Any) -> datetime | None:
     """RFC 3339 text -> naive UTC; None when absent, unreadable or out of range."""
     if not raw or not isinstance(raw, str):
         return None
-    text = raw.strip()
-    match = _RFC3339.fullmatch(text)
-    if match is None:
-        return None
-    try:
-        offset = match.group(4)
-        if offset is None:
-            return representable(datetime.fromisoformat(text))
-        if offset == "Z" and match.group(1):  # UTC already: no time zone arithmetic
-            return representable(datetime.fromisoformat(text[:-1]))
-        return representable(utc_naive(datetime.fromisoformat(text)))
-    except (ValueError, OverflowError):  # OverflowError: the UTC shift leaves year 1..9999
-        return None
+    return representable(parse_utc(raw))
 
 
 def finite(number: float, name: str) -> float:
@@ -159,8 +145,9 @@ def build_event(
     namespace: str,
     user_id: str,
     timestamp: Any,
-    fallback_time: datetime | None,
-    fallback_ms: float | None = None,
+    received: datetime | None = None,
+    record_ms: float | None = None,
+    bounds: TimeBounds = DEFAULT_BOUNDS,
     has_payload: bool = True,
     stat_code: str = "",
     value: float = 0.0,
@@ -169,7 +156,8 @@ def build_event(
     """Validate in SPEC §2 order (after 'message cannot be nil') and build the Event.
 
     Everything that could refuse the event happens here, before any goal sees it, so an
-    event is applied whole or not at all.
+    event is applied whole or not at all. `received`: when the service received it (the
+    last fallback time and the base of the future bound; now when not given).
     """
     validate_identity(user_id)
     if event_type is EventType.STATISTIC:
@@ -184,19 +172,12 @@ def build_event(
         raise InvalidEvent("event_id_too_long", "id too long")
     storable(event_id, "id")
     storable(namespace, "namespace")
-    event_time = (
-        parse_timestamp(timestamp)
-        or representable(fallback_time)
-        # the Kafka record time, converted only when the payload has no usable time
-        or representable(from_epoch_ms(fallback_ms))
-        or now_utc()
-    )
     return Event(
         event_id=event_id,
         type=event_type,
         namespace=namespace,
         user_id=user_id,
-        event_time=event_time,
+        event_time=event_time(timestamp, record_ms, received or now_utc(), bounds),
         stat_code=stat_code,
         value=to_int(value),
         inc=to_int(inc),
@@ -215,6 +196,14 @@ def _text(raw: Any, name: str) -> str:
     if not isinstance(raw, str):
         raise InvalidEvent("wrong_type", f"{name} must be a string")
     return raw
+
+
+def json_user_id(obj: dict[str, Any], payload: dict[str, Any]) -> str:
+    """The user id of a JSON event: top-level `userId`, else the payload's (contract
+    §1.1); InvalidEvent when either is not a string."""
+    return _text(_get(obj, "userId", "user_id"), "userId") or _text(
+        _get(payload, "userId", "user_id"), "userId"
+    )
 
 
 def event_type_of(obj: dict[str, Any]) -> EventType:
@@ -236,13 +225,14 @@ def event_type_of(obj: dict[str, Any]) -> EventType:
 def decode_json_event(
     raw: bytes | str | dict[str, Any],
     event_type: EventType | None = None,
-    fallback_time: datetime | None = None,
-    fallback_ms: float | None = None,
+    received: datetime | None = None,
+    record_ms: float | None = None,
+    bounds: TimeBounds = DEFAULT_BOUNDS,
 ) -> Event:
-    """Either JSON shape of SPEC §1.2 -> Event (InvalidEvent when unusable).
+    """Either JSON shape of contract §1.2 -> Event (InvalidEvent when unusable).
 
-    `fallback_ms`: the Kafka record timestamp (epoch ms), the event time when the payload
-    has none (SPEC §1.3), after `fallback_time`."""
+    `record_ms`: the Kafka record timestamp (epoch ms), the event time when the payload
+    has no real one (contract §1.3); `received`: when the service received the record."""
     if isinstance(raw, dict):
         obj = raw
     else:
@@ -260,9 +250,7 @@ def decode_json_event(
     if payload is not None and not isinstance(payload, dict):
         raise InvalidEvent("wrong_type", "payload must be an object")
     payload = payload or {}
-    user_id = _text(_get(obj, "userId", "user_id"), "userId") or _text(
-        _get(payload, "userId", "user_id"), "userId"
-    )
+    user_id = json_user_id(obj, payload)
     namespace = _text(obj.get("namespace"), "namespace") or _text(
         payload.get("namespace"), "namespace"
     )
@@ -282,8 +270,9 @@ def decode_json_event(
         namespace=namespace,
         user_id=user_id,
         timestamp=timestamp,
-        fallback_time=fallback_time,
-        fallback_ms=fallback_ms,
+        received=received,
+        record_ms=record_ms,
+        bounds=bounds,
         has_payload=bool(payload),
         stat_code=stat_code,
         value=value,

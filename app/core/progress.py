@@ -5,14 +5,21 @@ No I/O here. A `Delta` is what the buffer holds for one (user, goal, period) unt
 next flush. Goals fall into four families by how events combine:
 
 - COUNTER: progress grows by an increment per event (logins; increment goals; relative
-  logins). Holds the sum and the running sum after each event (to find the exact event
-  that crossed the target, whatever the row's progress turns out to be).
+  logins). Holds the sum and the running sums in event-time order, up to the first that
+  reaches the target (to find the exact event that crossed it, whatever the row's
+  progress turns out to be).
 - SET: progress becomes the stat value (absolute and relative stat goals). Holds the
   latest value by event time, the baseline candidate of the first event, and the
-  record-breaking values in order (the first event that can have completed the row).
+  record-breaking values in event-time order (the first event that can have completed
+  the row).
 - DAILY: "completed today" goals. Holds the first event time of that UTC day.
 - COUNTER_DAILY: increment goals with `daily: true`: the first event of the UTC day
   counts, the rest of that day does not.
+
+Steps are (level, event time) pairs in event-time order whatever order the events of a
+flush arrived in (a late event is inserted where its time puts it), so `completed_at` is
+the time of the event that reached the target first in event time; the writer sends
+them as they are (tables/merge_sql.py).
 
 Period-sensitive goals (daily kinds, rotating goals) are buffered per period, so one
 flush can apply several days of a replay in order, exactly like live processing did.
@@ -122,6 +129,8 @@ class Delta:
     """Pending change for one (user, goal, period); merged in place per event."""
 
     __slots__ = (
+        "_late",
+        "_steps",
         "amount",
         "events",
         "family",
@@ -132,7 +141,6 @@ class Delta:
         "namespace",
         "period_end",
         "period_start",
-        "steps",
         "user_id",
         "value",
         "value_time",
@@ -159,36 +167,82 @@ class Delta:
         self.first_base: int | None = None  # SET: value - inc of the first event
         self.first_time = event_time
         self.last_time = event_time
-        self.steps: list[tuple[int, datetime]] = []  # (level after the event, event time)
+        # (level, event time) of the events that arrived in time order; late arrivals
+        # (at or before the last step's time) wait in `_late` until steps are read
+        self._steps: list[tuple[int, datetime]] = []
+        self._late: list[tuple[int, datetime]] | None = None
         self.events = 0
 
     def add(self, event: Event) -> None:
+        """Fold one event in, as if the flush's events were stably sorted by event time:
+        steps are kept in event-time order whatever the arrival order (a tie of equal
+        times merges into one step); the latest value and the first baseline go by event
+        time, equal times by arrival (as consecutive flushes would take them)."""
         t = event.event_time
         family = self.family
         self.events += 1
         if family is Family.COUNTER:
             step = 1 if event.type is EventType.LOGIN or event.inc <= 0 else event.inc
             amount = self.amount + step
-            self.amount = amount = amount if amount < INT_MAX else INT_MAX
-            steps = self.steps
-            if not steps or steps[-1][0] < self.goal.target:
-                steps.append((amount, t))
+            self.amount = amount if amount < INT_MAX else INT_MAX
+            steps = self._steps
+            if not steps:
+                steps.append((step, t))
+            elif t > steps[-1][1]:  # in time order (the usual case): one comparison
+                level = steps[-1][0]
+                if level < self.goal.target:  # later steps cannot complete the row
+                    level += step
+                    steps.append((level if level < INT_MAX else INT_MAX, t))
+            else:
+                self._arrived_late(step, t)
         elif family is Family.SET:
+            value = event.value
             first = self.events == 1
             if first or t >= self.value_time:
-                self.value, self.value_time = event.value, t
+                self.value, self.value_time = value, t
             if first or t < self.first_time:
                 # value - inc of two clamped ints can leave the INT range (5 - -2^31)
-                self.first_base = max(clamp_int(event.value - event.inc), -INT_MAX)
-            steps = self.steps
-            if not steps or event.value > steps[-1][0]:
-                steps.append((event.value, t))
+                self.first_base = max(clamp_int(value - event.inc), -INT_MAX)
+            steps = self._steps
+            if not steps or t > steps[-1][1]:
+                if not steps or value > steps[-1][0]:  # else an earlier step is as high
+                    steps.append((value, t))
+            else:
+                self._arrived_late(value, t)
         elif family is Family.COUNTER_DAILY and (self.events == 1 or t < self.first_time):
             self.amount = event.inc if event.type is EventType.STATISTIC and event.inc > 0 else 1
         if t < self.first_time:
             self.first_time = t
         elif t > self.last_time:
             self.last_time = t
+
+    def _arrived_late(self, amount: int, t: datetime) -> None:
+        """An event at or before the last step's time: kept aside, sorted in when the
+        steps are read (or when enough wait: a stream in reverse order stays n log n)."""
+        late = self._late
+        if late is None:
+            self._late = [(amount, t)]
+        else:
+            late.append((amount, t))
+            if len(late) > len(self._steps) + 256:
+                self._settle()
+
+    @property
+    def steps(self) -> list[tuple[int, datetime]]:
+        """(level, event time) in event-time order, one per distinct time: COUNTER the
+        running sums up to the first that reaches the target, SET the values that beat
+        every value of an earlier time. What the writer sends and completed_at is read
+        from."""
+        if self._late:
+            self._settle()
+        return self._steps
+
+    def _settle(self) -> None:
+        late, self._late = self._late or [], None
+        if self.family is Family.COUNTER:
+            self._steps = _running_sums(self._steps, late, self.goal.target)
+        else:
+            self._steps = _staircase(self._steps, late)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -200,6 +254,44 @@ class Delta:
             f"period={self.period_start}, amount={self.amount}, value={self.value}, "
             f"events={self.events})"
         )
+
+
+def _running_sums(
+    steps: list[tuple[int, datetime]], late: list[tuple[int, datetime]], target: int
+) -> list[tuple[int, datetime]]:
+    """COUNTER steps with late increments sorted in: increments summed per time, running
+    sums in time order, cut after the first that reaches the target."""
+    by_time: dict[datetime, int] = {}
+    previous = 0
+    for level, moment in steps:  # levels in time order: back to increments
+        by_time[moment] = level - previous
+        previous = level
+    for step, moment in late:
+        by_time[moment] = by_time.get(moment, 0) + step
+    out = []
+    level = 0
+    for moment in sorted(by_time):
+        level = min(level + by_time[moment], INT_MAX)
+        out.append((level, moment))
+        if level >= target:
+            break
+    return out
+
+
+def _staircase(
+    steps: list[tuple[int, datetime]], late: list[tuple[int, datetime]]
+) -> list[tuple[int, datetime]]:
+    """SET steps with late values sorted in: per time the highest value, then only the
+    values above every value of an earlier time."""
+    best: dict[datetime, int] = {}
+    for value, moment in (*steps, *late):
+        if moment not in best or value > best[moment]:
+            best[moment] = value
+    out: list[tuple[int, datetime]] = []
+    for moment in sorted(best):
+        if not out or best[moment] > out[-1][0]:
+            out.append((best[moment], moment))
+    return out
 
 
 BufferKey = tuple[str, str, datetime | None]

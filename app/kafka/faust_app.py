@@ -26,12 +26,14 @@ from app.completions.service import CompletionPublishing
 from app.core.challenges import ChallengeConfig
 from app.core.events import EventType
 from app.core.settings import Settings
+from app.core.time_bounds import TimeBounds
 from app.kafka import metrics as kafka_metrics
 from app.kafka.faust_internals import ChallengeApp, TablesDeclaredUpFront
 from app.kafka.lag import track_lag
 from app.kafka.runtime import PositionBook, ProgressRuntime
 from app.kafka.topics import Topics, dlq_topic
 from app.kafka.transport import Transport
+from app.observability import event_times
 from app.pipeline import Pipeline
 
 # Exit status of a worker that gave up a flush (EX_SOFTWARE): restart it.
@@ -94,6 +96,8 @@ class KafkaApp:
     runtime: ProgressRuntime
     batch_size: int
     batch_wait: float
+    # event times out of bounds fall back, counted (contract §1.3)
+    time_bounds: TimeBounds
 
 
 def faust_app(settings: Settings, topics: Topics) -> faust.App:
@@ -187,6 +191,13 @@ def create_app(settings: Settings, config: ChallengeConfig) -> KafkaApp:
     track_lag(app)
     _connect_lifecycle(app, topics, pipeline, book, completions)
     runtime = ProgressRuntime(pipeline, book)
+    bounds = TimeBounds.from_settings(settings, note=event_times.note)
     return KafkaApp(
-        app, sources, by_user, runtime, settings.kafka_batch_size, settings.kafka_batch_wait
+        app,
+        sources,
+        by_user,
+        runtime,
+        settings.kafka_batch_size,
+        settings.kafka_batch_wait,
+        bounds,
     )

@@ -15,10 +15,11 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from app.core.challenges import ChallengeConfig
-from app.core.clock import epoch_ms
+from app.core.clock import epoch_ms, now_utc
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.core.latest import LatestValues
 from app.core.settings import Settings, SettingsError
+from app.core.time_bounds import TimeBounds
 from app.kafka.aiokafka_internals import refresh_metadata
 from app.kafka.topics import event_type_for
 from app.pipeline import running
@@ -73,11 +74,15 @@ async def replay_range(
             for tp in partitions:
                 consumer.seek(tp, min(start[tp], end[tp]))
 
+            bounds = summary.bounds(settings)
+            receipt = (bounds, now_utc())
+
             def event_of(record: ConsumerRecord[bytes, bytes]) -> Event | None:
-                return _event(latest, summary, record, event_type)
+                return _event(latest, summary, record, event_type, receipt)
 
             while active:
                 batches = await consumer.getmany(*active, timeout_ms=1000, max_records=5000)
+                receipt = (bounds, now_utc())  # the replay's clock, once per fetch
                 records = _in_range(batches, active, end, stop_ms)
                 for first in range(0, len(records), SLICE):
                     await pipeline.add_batch(records[first : first + SLICE], event_of)
@@ -132,13 +137,21 @@ def _event(
     summary: ReplaySummary,
     record: ConsumerRecord[bytes, bytes],
     event_type: EventType | None,
+    receipt: tuple[TimeBounds, datetime],
 ) -> Event | None:
-    """The record's event to apply; None when invalid (counted) or stale."""
+    """The record's event to apply; None when invalid (counted) or stale. `receipt`: the
+    bounds and the replay's clock (old times are kept as they are, contract §1.3)."""
     summary.lines += 1
     try:
         if not record.value:
             raise InvalidEvent("nil_message", "message cannot be nil")
-        event = decode_json_event(record.value, event_type, fallback_ms=record.timestamp)
+        event = decode_json_event(
+            record.value,
+            event_type,
+            received=receipt[1],
+            record_ms=record.timestamp,
+            bounds=receipt[0],
+        )
     except InvalidEvent as exc:
         summary.refused(
             exc.reason, f"partition {record.partition} offset {record.offset}", exc.message

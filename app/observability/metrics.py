@@ -12,6 +12,13 @@ EVENTS = Counter(f"{PREFIX}_events_total", "Events received", ["source"])
 PROCESSED = Counter(f"{PREFIX}_events_processed_total", "Events accepted into the buffer")
 FAILED = Counter(f"{PREFIX}_events_failed_total", "Events refused or not written", ["reason"])
 SKIPPED = Counter(f"{PREFIX}_events_skipped_total", "Events accepted but not applied", ["reason"])
+EVENT_TIME_FALLBACK = Counter(
+    f"{PREFIX}_event_time_fallback_total",
+    "Event times passed over for the next source (contract §1.3): before EVENT_TIME_MIN "
+    "(too_old), later than receipt + EVENT_TIME_MAX_SKEW (too_new), or not RFC 3339 "
+    "(unreadable); one per time passed over",
+    ["reason"],
+)
 DUPLICATES = Counter(f"{PREFIX}_events_duplicate_total", "Redelivered event ids applied once")
 DEAD_LETTERED = Counter(
     f"{PREFIX}_dead_lettered_total", "Events or rows sent to a dead-letter sink", ["sink", "reason"]

@@ -25,7 +25,7 @@ def event(value: float, inc: float, when: str):
         namespace="mygame",
         user_id="u1",
         timestamp=when,
-        fallback_time=None,
+        received=None,
         stat_code="score",
         value=value,
         inc=inc,

@@ -121,7 +121,11 @@ TIMESTAMPS = [
     ("0001-01-01T00:00:00+01:00", None),
     ("9999-12-31T23:59:59-01:00", None),
     ("9999-12-31T23:59:59Z", None),
-    ("0001-01-01T00:00:00Z", datetime(1, 1, 1)),
+    ("0001-01-01T00:00:00Z", None),  # before EVENT_TIME_MIN
+    ("1999-12-31T23:59:59.999999Z", None),
+    ("2000-01-01T00:00:00Z", datetime(2000, 1, 1)),
+    ("9999-12-30T00:00:00Z", None),  # later than receipt + EVENT_TIME_MAX_SKEW
+    ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999)),  # a leap second
     ("garbage", None),
     ("2026-13-45T99:99:99Z", None),
     ("\x00", None),

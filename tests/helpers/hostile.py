@@ -5,6 +5,7 @@ accepted event."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from app.core.challenges import ChallengeConfig, Source, parse_config
 from app.core.events import (
@@ -16,6 +17,7 @@ from app.core.events import (
     EventType,
 )
 from app.core.progress import Delta, fold
+from app.core.time_bounds import CONTRACT_MIN, CONTRACT_SKEW
 
 # Every refusal a decoder may answer (SPEC §2 and the hostile-input rules), as patterns.
 DOCUMENTED = re.compile(
@@ -94,8 +96,9 @@ ALL_KINDS = parse_config(
 )
 
 
-def assert_invariants(event: Event) -> None:
-    """What every accepted event satisfies, whatever the source (SPEC §2)."""
+def assert_invariants(event: Event, received: datetime | None = None) -> None:
+    """What every accepted event satisfies, whatever the source (contract §2); with
+    `received`, its time is also inside the contract's default bounds (§1.3)."""
     assert 0 < len(event.user_id) <= 100
     for text in (event.user_id, event.event_id, event.namespace, event.stat_code):
         assert "\x00" not in text
@@ -104,6 +107,8 @@ def assert_invariants(event: Event) -> None:
     assert type(event.inc) is int and INT_MIN <= event.inc <= INT_MAX
     assert event.event_time.tzinfo is None
     assert EARLIEST_EVENT_TIME <= event.event_time < LATEST_EVENT_TIME
+    if received is not None:
+        assert CONTRACT_MIN <= event.event_time <= received + CONTRACT_SKEW
     if event.type is EventType.STATISTIC:
         assert event.stat_code
 

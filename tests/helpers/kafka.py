@@ -210,13 +210,18 @@ class Expected:
 
 
 def mixed_stream(
-    ns: str, events: int, users: int, seed: int = 7, keyed: bool = True
+    ns: str,
+    events: int,
+    users: int,
+    seed: int = 7,
+    keyed: bool = True,
+    start: datetime = BASE_TIME,
 ) -> tuple[list[Record], Expected]:
-    """A mixed login/kills/wins stream with increasing event time per user."""
+    """A mixed login/kills/wins stream with increasing event time per user from `start`."""
     rng = random.Random(seed)
     names = [f"user:{i:05d}" for i in range(users)]
     wins = dict.fromkeys(names, 0)
-    clock = dict.fromkeys(names, BASE_TIME)
+    clock = dict.fromkeys(names, start)
     expected = Expected()
     records: list[Record] = []
     for _ in range(events):

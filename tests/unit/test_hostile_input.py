@@ -19,7 +19,7 @@ from app.bridge import wire
 from app.bridge.refusals import RefusalLog
 from app.bridge.shedding import Shedder
 from app.core.challenges import ConfigError, load_config
-from app.core.clock import from_epoch_ms, now_utc
+from app.core.clock import from_epoch_ms
 from app.core.events import (
     EARLIEST_EVENT_TIME,
     INT_MAX,
@@ -156,12 +156,13 @@ def test_out_of_range_timestamps_fall_back_like_missing_ones(timestamp):
     assert decode_json_event(raw, EventType.LOGIN, RECEIVED).event_time == RECEIVED
 
 
-def test_an_out_of_range_record_time_falls_back_to_now():
+def test_an_out_of_range_record_time_falls_back_to_the_receipt_time():
     assert from_epoch_ms(2**63 - 1) is None
-    far = datetime(9999, 12, 31, 12, 0)
-    event = decode_json_event({"userId": "u"}, EventType.LOGIN, fallback_time=far)
-    assert event.event_time != far
-    assert abs(event.event_time - now_utc()) < timedelta(minutes=1)
+    for record_ms in (2**63 - 1, 10**20, 0, 946_684_799_999):  # the last: 1999-12-31
+        event = decode_json_event(
+            {"userId": "u"}, EventType.LOGIN, received=RECEIVED, record_ms=record_ms
+        )
+        assert event.event_time == RECEIVED
 
 
 def test_the_edges_of_the_time_range_fold_for_every_period_kind():

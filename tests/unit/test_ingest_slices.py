@@ -17,6 +17,7 @@ from typing import Any
 
 from agents.ingest import SLICE, Ingest
 from app.core.events import Event, EventType
+from app.core.time_bounds import TimeBounds
 from tests.helpers.kafka import login_json
 
 WHEN = datetime(2026, 11, 20, 10, 0)
@@ -86,6 +87,7 @@ class Source:
 @dataclass
 class Kafka:
     runtime: FailingRuntime
+    time_bounds: TimeBounds = field(default_factory=TimeBounds)
 
 
 def ingest(runtime: FailingRuntime, dead_letters: DeadLetters) -> Ingest:
