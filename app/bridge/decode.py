@@ -1,4 +1,4 @@
-"""Extend-bridge proto messages -> `Event`, validated in SPEC §2 order.
+"""Extend-bridge proto messages -> `Event`, validated in contract §2 order.
 
 The Python gRPC runtime never hands us a None request: a call whose body is empty
 decodes to a message with no field set. That is the nearest thing to Go's nil message,
@@ -50,6 +50,6 @@ def decode_stat(message: Any, received: datetime, bounds: TimeBounds = DEFAULT_B
         bounds=bounds,
         has_payload=has_payload,
         stat_code=payload.stat_code,
-        value=payload.latest_value,  # NaN is refused by build_event, after the SPEC checks
+        value=payload.latest_value,  # NaN is refused by build_event, after the contract §2 checks
         inc=payload.inc,
     )

@@ -4,7 +4,7 @@ The runtime's own deserializer turns bytes that are not a valid message into UNK
 "Unexpected DecodeError" with one traceback log line per call: a log flood any client can
 trigger. Our services are registered with no deserializer (the handler gets the raw
 bytes), so a bad body is an ordinary refusal: INVALID_ARGUMENT "malformed message"
-(SPEC §2), counted like every other refusal. A string field holding bytes that are not
+(contract §2), counted like every other refusal. A string field holding bytes that are not
 UTF-8 (protobuf refuses the whole message for it) is named instead:
 "userId contains invalid characters".
 """

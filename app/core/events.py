@@ -1,7 +1,7 @@
-"""The one event record every source produces, its decoders and validation (SPEC §1, §2).
+"""The one event record every source produces, its decoders and validation (contract §1, §2).
 
 Decoders turn proto messages (gRPC) or JSON objects (Kafka, replay files) into `Event`;
-validation runs in the order SPEC §2 gives and raises `InvalidEvent` carrying the exact
+validation runs in the order contract §2 gives and raises `InvalidEvent` carrying the exact
 message the gRPC layer returns and a short `reason` for metrics and dead-letter headers.
 """
 
@@ -153,7 +153,7 @@ def build_event(
     value: float = 0.0,
     inc: float = 0.0,
 ) -> Event:
-    """Validate in SPEC §2 order (after 'message cannot be nil') and build the Event.
+    """Validate in contract §2 order (after 'message cannot be nil') and build the Event.
 
     Everything that could refuse the event happens here, before any goal sees it, so an
     event is applied whole or not at all. `received`: when the service received it (the

@@ -1,4 +1,4 @@
-"""Progress rules (SPEC §4, §6): event -> pending deltas, delta merging, and the pure
+"""Progress rules (contract §4, §6): event -> pending deltas, delta merging, and the pure
 "apply a delta to a row" that the SQL writer mirrors and the tests use as the oracle.
 
 No I/O here. A `Delta` is what the buffer holds for one (user, goal, period) until the
@@ -298,7 +298,7 @@ BufferKey = tuple[str, str, datetime | None]
 
 
 def applies(goal: Goal, event: Event) -> bool:
-    """Negative stat values are ignored for value-setting goals (SPEC §4)."""
+    """Negative stat values are ignored for value-setting goals (contract §4)."""
     return event.value >= 0 or family_of(goal) is not Family.SET
 
 
@@ -318,7 +318,7 @@ def fold(deltas: dict[BufferKey, Delta], event: Event, goals: Iterable[Goal]) ->
             rule = rule_of(goal)
         family, schedule = rule[1], rule[2]
         if negative and family is Family.SET:
-            continue  # negative stat values are ignored for value-setting goals (SPEC §4)
+            continue  # negative stat values are ignored for value-setting goals (contract §4)
         if schedule is None:
             plan.append((goal, family, None, (user_id, goal.goal_id, None)))
         else:

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §7). Module-level so every adapter records into one registry."""
+"""Prometheus metrics (contract §7). Module-level so every adapter records into one registry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 9: values, increments and baselines at the INT edges are written, never
+"""Hostile values (contract §2): increments and baselines at the INT edges are written, never
 dead-lettered (an acknowledged event must not be lost to an int32 overflow), on
 PostgreSQL and SQLite, and the row is what the rules (app.core.progress) say."""
 

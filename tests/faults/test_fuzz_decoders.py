@@ -1,8 +1,9 @@
-"""Fuzz suite, decoders (issue 9): hypothesis on the proto bytes decoder and on both
-JSON shapes. Whatever arrives, a decoder returns an Event meeting the SPEC invariants
-(clamped INT values, a non-empty storable user id of at most 100 characters, a naive
-UTC time inside the bounds of contract §1.3) that folds into goals of every kind, or it
-refuses with one of the documented messages. Nothing else may escape."""
+"""Fuzz suite, decoders (hostile input, contract §2): hypothesis on the proto bytes decoder
+and on both JSON shapes. Whatever arrives, a decoder returns an Event meeting the
+contract's invariants (clamped INT values, a non-empty storable user id of at most 100
+characters, a naive UTC time inside the bounds of contract §1.3) that folds into goals
+of every kind, or it refuses with one of the documented messages. Nothing else may
+escape."""
 
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ JSON_VALUES = st.recursive(
 
 @st.composite
 def json_events(draw) -> bytes:
-    """Either shape of SPEC §1.2, each field either plausible or anything at all."""
+    """Either shape of contract §1.2, each field either plausible or anything at all."""
 
     def field(plausible):
         return draw(st.one_of(plausible, JSON_VALUES))

@@ -1,8 +1,9 @@
-"""Fuzz suite, gRPC end to end (issue 9): a real `serve` on PostgreSQL takes a few
-thousand structurally valid messages with hostile values, plus random request bytes.
+"""Fuzz suite, gRPC end to end (hostile input, contract §2): a real `serve` on PostgreSQL
+takes a few thousand structurally valid messages with hostile values, plus random
+request bytes.
 
 - no call is answered INTERNAL or UNKNOWN; each is OK or INVALID_ARGUMENT exactly when
-  the SPEC §2 rules (written out independently below) say so;
+  the contract §2 rules (written out independently below) say so;
 - every OK'd event is in the table with the result of the rules (`app.core.progress` as
   the oracle), and a refused event changed nothing (no partial apply: each hostile event
   has a user of its own);
@@ -157,7 +158,7 @@ class Sent:
 
 
 def expected_refusal(s: Sent) -> str | None:
-    """SPEC §2, written out independently of the decoders."""
+    """contract §2, written out independently of the decoders."""
     if not s.user:
         return "userId cannot be empty"
     if len(s.user) > 100:
@@ -177,7 +178,7 @@ def expected_refusal(s: Sent) -> str | None:
 
 
 def clamp(x: float) -> int:
-    """Truncate toward zero, clamp to INT (SPEC §2), independently of app.core.events."""
+    """Truncate toward zero, clamp to INT (contract §2), independently of app.core.events."""
     return INT_MAX if x >= INT_MAX else INT_MIN if x <= INT_MIN else int(x)
 
 
@@ -365,7 +366,7 @@ async def test_grpc_fuzz_hostile_values_and_random_bytes(pg_url: str, tmp_path: 
         assert server.terminate() == 0
         log = server.log_text()
         assert "Traceback" not in log
-        # one info line per flush is the contract (SPEC §7), and group commit flushes
+        # one info line per flush is the contract (contract §7), and group commit flushes
         # small groups at this rate; anything else must not grow with the calls
         other = [line for line in log.splitlines() if '"flush committed"' not in line]
         assert len(other) < 100, "a log line per call"

@@ -1,5 +1,5 @@
 """Shared by the hostile-input tests (unit regressions and the decoder fuzz suite): the
-documented refusals, a config with a goal of every kind, and the SPEC invariants of an
+documented refusals, a config with a goal of every kind, and the contract's invariants of an
 accepted event."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from app.core.events import (
 from app.core.progress import Delta, fold
 from app.core.time_bounds import CONTRACT_MIN, CONTRACT_SKEW
 
-# Every refusal a decoder may answer (SPEC §2 and the hostile-input rules), as patterns.
+# Every refusal a decoder may answer (contract §2 and the hostile-input rules), as patterns.
 DOCUMENTED = re.compile(
     r"^(message cannot be nil|userId cannot be empty|payload cannot be nil"
     r"|statCode cannot be empty|userId too long|id too long|malformed message"

@@ -1,8 +1,8 @@
-"""Issue 9: hostile input on every decoder (SPEC §2 "Hostile input").
+"""Hostile input on every decoder (contract §2 "Hostile input").
 
 Named regressions for each case found by fuzzing `serve` and `worker`, then hypothesis
 properties: whatever the bytes or values, a decoder either returns an Event that meets
-the SPEC invariants or refuses with one of the documented messages, and folding an
+the contract's invariants or refuses with one of the documented messages, and folding an
 accepted event into goals of every kind never raises.
 """
 

@@ -1,4 +1,4 @@
-"""Settings parsing (SPEC §7) and event decoding/validation (SPEC §1.2, §2)."""
+"""Settings parsing (contract §7) and event decoding/validation (contract §1.2, §2)."""
 
 from __future__ import annotations
 
