@@ -29,9 +29,10 @@ TOO_OLD_MS = 946_684_799_999  # a Kafka record time: 1999-12-31T23:59:59.999Z
 
 FALLBACK_METRIC = "challenge_event_handler_event_time_fallback_total"
 
-# A column that looks ahead by design: the next period start (a rotation period is at
-# most a month) or the end of the dedup window.
-AHEAD = {"expires_at": timedelta(days=31)}
+# Columns that look ahead by design: the next period start (a rotation period is at most
+# a month: a row's expires_at, a goal-completed event's period_end) or the end of the
+# dedup window.
+AHEAD = {"expires_at": timedelta(days=31), "period_end": timedelta(days=31)}
 
 
 def utc_now() -> datetime:
