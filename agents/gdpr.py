@@ -15,11 +15,17 @@ import logging
 from typing import Any
 
 import faust
-from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential,
+)
 
 from app.core.deletions import Deletion, deletion_from_json
 from app.core.events import InvalidEvent
-from app.kafka.faust_app import RAW
+from app.kafka.faust_app import RAW, exit_for_redelivery
 from app.kafka.topics import Topics, dlq_topic
 from app.observability import metrics
 from tables.db import is_transient
@@ -28,12 +34,13 @@ from tables.gdpr import count_invalid, count_skipped, erase_user
 
 log = logging.getLogger(__name__)
 SOURCE = "kafka"
+DEAD_LETTER_ATTEMPTS = 15  # with the backoff, about a minute
 
 
 def _log_retry(state: Any) -> None:
     error = state.outcome.exception() if state.outcome else None
     log.warning(
-        "GDPR deletion failed, retrying",
+        "GDPR deletion (or its dead letter) failed, retrying",
         extra={"attempt": state.attempt_number, "error": str(error)[:300]},
     )
 
@@ -95,18 +102,32 @@ class GdprAgent:
     async def dead_letter(
         self, message: faust.types.Message, raw: bytes | None, reason: str, error: str
     ) -> None:
+        """On the broker before the record is acked (a deletion must not vanish): retried,
+        and when the broker keeps refusing, the worker exits for redelivery."""
         metrics.DEAD_LETTERED.labels("kafka", reason).inc()
-        await self.dlq.send(
-            key=message.key,
-            value=raw if raw is not None else b"",
-            headers=[
-                ("reason", reason.encode()),
-                ("error", error.encode()[:500]),
-                ("source_topic", self.topic_name.encode()),
-                ("source_partition", str(message.partition).encode()),
-                ("source_offset", str(message.offset).encode()),
-            ],
-        )
+        headers = [
+            ("reason", reason.encode()),
+            ("error", error.encode()[:500]),
+            ("source_topic", self.topic_name.encode()),
+            ("source_partition", str(message.partition).encode()),
+            ("source_offset", str(message.offset).encode()),
+        ]
+        try:
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential(multiplier=0.1, max=5.0),
+                stop=stop_after_attempt(DEAD_LETTER_ATTEMPTS),
+                before_sleep=_log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    sent = await self.dlq.send(
+                        key=message.key,
+                        value=raw if raw is not None else b"",
+                        headers=headers,
+                    )
+                    await sent
+        except Exception as exc:
+            exit_for_redelivery(f"a GDPR dead letter could not be delivered: {exc!r}"[:300])
 
 
 def make_gdpr_agent(

@@ -27,17 +27,21 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_never,
+    stop_after_attempt,
     wait_exponential,
 )
 
 from app.core.clock import now_utc
 from app.core.events import Event, EventType, InvalidEvent, decode_json_event
 from app.kafka.codec import Forwarded, dead_letter_value, encode
-from app.kafka.faust_app import KafkaApp, SourceTopic
+from app.kafka.faust_app import KafkaApp, SourceTopic, exit_for_redelivery
 from app.observability import metrics
 
 log = logging.getLogger(__name__)
+
+# Resends of a batch's failed copies before the worker exits for redelivery (with the
+# backoff, about a minute).
+FORWARD_ATTEMPTS = 15
 
 # Records applied between two yields to the event loop. A batch is processed without
 # waiting; yielding every slice lets the flush in flight (its statements answered by
@@ -54,10 +58,12 @@ def record_ms(message: faust.types.Message) -> int | None:
 
 
 class ForwardFailed(Exception):
-    """A forwarded copy is not on the broker; `waiting` records wait unacknowledged."""
+    """The copy at `index` is not on the broker; `waiting` records (it and the later
+    ones) wait unacknowledged."""
 
-    def __init__(self, waiting: int):
+    def __init__(self, index: int, waiting: int):
         super().__init__(f"{waiting} forwarded records not delivered")
+        self.index = index
         self.waiting = waiting
 
 
@@ -123,7 +129,8 @@ class Ingest:
     async def apply(self, direct: list[tuple[faust.EventT[bytes], Event]]) -> None:
         """Apply a slice of directly keyed records. If that fails (a bug), each record is
         applied alone and the one that fails is dead-lettered (`internal`): records the
-        slice already applied are found below their stored position and only acked."""
+        slice already applied are found below their position (what this worker has
+        applied) and only acked."""
         try:
             await self.kafka.runtime.direct(direct)
         except Exception:
@@ -142,21 +149,31 @@ class Ingest:
         acknowledged until it is on the broker. The producer is idempotent, so no later
         copy to the same repartition partition can have overtaken it: the resent copy is
         not mistaken for one already applied (tables/positions.py drops copies below the
-        highest source offset applied through that partition)."""
+        highest source offset applied through that partition). A producer that keeps
+        failing (an idempotent one retries transient errors itself, so a failure here
+        is fatal to it) ends the worker for redelivery: nothing from the failed copy on
+        was acknowledged."""
         done = 0
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(ForwardFailed),
-            wait=wait_exponential(multiplier=0.1, max=5.0),
-            stop=stop_never,
-            before_sleep=self._log_resend,
-            reraise=True,
-        ):
-            with attempt:
-                done = await self._ack_in_order(forwarded, done)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(ForwardFailed),
+                wait=wait_exponential(multiplier=0.1, max=5.0),
+                stop=stop_after_attempt(FORWARD_ATTEMPTS),
+                before_sleep=self._log_resend,
+                reraise=True,
+            ):
+                with attempt:
+                    try:
+                        done = await self._ack_in_order(forwarded, done)
+                    except ForwardFailed as failed:
+                        done = failed.index
+                        raise
+        except ForwardFailed as failed:
+            exit_for_redelivery(f"forwarding failed {FORWARD_ATTEMPTS} times: {failed}")
 
     async def _ack_in_order(self, forwarded: list[Forward], start: int) -> int:
         """Resend what failed from `start` on, then ack in order; ForwardFailed at the
-        first copy not delivered (later ones stay unacknowledged)."""
+        first copy not delivered (it and the later ones stay unacknowledged)."""
         for item in forwarded[start:]:
             if item.failed():
                 item.future = await self.send(item.key, item.value)
@@ -165,7 +182,7 @@ class Ingest:
             try:
                 await item.future
             except Exception as exc:
-                raise ForwardFailed(len(forwarded) - index) from exc
+                raise ForwardFailed(index, len(forwarded) - index) from exc
             item.record.ack()
         return len(forwarded)
 
@@ -182,7 +199,16 @@ class Ingest:
         )
 
     async def send(self, key: bytes, value: bytes) -> Awaitable[object]:
-        future: Awaitable[object] = await self.kafka.by_user.send(key=key, value=value, force=True)
+        """The copy's delivery; a send that raises (producer not ready, a timeout) is a
+        failed delivery, resent in order like any other."""
+        try:
+            future: Awaitable[object] = await self.kafka.by_user.send(
+                key=key, value=value, force=True
+            )
+        except Exception as exc:
+            failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
         return future
 
     def decode(self, record: faust.EventT[bytes]) -> Event:

@@ -71,8 +71,10 @@ class PerRecordQuietMonitor(Monitor):
 
 
 def exit_for_redelivery(reason: str) -> None:
-    """A flush was given up: exit at once, nothing of it acked, so the restarted worker
-    reads its records again from the positions stored with the rows (as after kill -9)."""
+    """A flush was given up, or forwarded copies cannot be delivered: exit at once,
+    nothing of them acked, so the restarted worker reads those records again from the
+    positions stored with the rows and Kafka's committed offsets (as after kill -9)."""
+    logging.getLogger(__name__).critical("exiting for redelivery", extra={"reason": reason})
     logging.shutdown()
     os._exit(EXIT_FOR_REDELIVERY)
 

@@ -162,9 +162,16 @@ class PositionBook:
         # so nothing is acked or committed from then on and the worker restarts.
         self.broken: str | None = None
         self.on_broken = on_broken
+        self._last: asyncio.Future[WriteResult] | None = None  # the previous flush's result
 
     def extra_for(self, generation: Generation) -> Extra | None:
-        """Called by the flusher when it takes a generation (before any await)."""
+        """Called by the flusher when it takes a generation (before any await). Flushes
+        run one after the other, so the previous one has its result by now: when it was
+        given up, this one is fenced at once (its positions would cover those records),
+        not only once the done-callback has run."""
+        last, self._last = self._last, generation.done
+        if last is not None and last.done():
+            self._flushed(last, [])
         if self.broken is not None:
             return _refuse(self.broken)
         notes = generation.notes if isinstance(generation.notes, KafkaNotes) else KafkaNotes()
@@ -215,6 +222,8 @@ class ProgressRuntime:
         self.pipeline = pipeline
         self.book = book
         self.latest = LatestValues(pipeline.config)
+        self._noted_in: Generation | None = None
+        self._noted = KafkaNotes()
 
     def use_config(self, config: ChallengeConfig) -> None:
         """A reloaded challenges.json: goal index and the late-value rule follow it."""
@@ -222,7 +231,11 @@ class ProgressRuntime:
         self.latest = LatestValues(config)
 
     def _notes(self) -> KafkaNotes:
-        return notes_of(self.pipeline.flusher.generation())
+        """The current generation's notes (looked up again only when it changed)."""
+        generation = self.pipeline.flusher.generation()
+        if generation is not self._noted_in:
+            self._noted_in, self._noted = generation, notes_of(generation)
+        return self._noted
 
     async def direct(self, items: Sequence[tuple[Record, Event]]) -> None:
         """Source records keyed by their user id: applied without the repartition hop.
