@@ -31,6 +31,7 @@ from tables.db import make_engine
 from tables.flusher import Flusher
 from tables.generation import Generation
 from tables.migrate import upgrade_async
+from tables.waiters import Ack
 from tables.write_result import Extra, WriteResult
 from tables.writer import Writer
 
@@ -232,7 +233,8 @@ class Pipeline:
             return None
         if event.event_id:
             earlier = self.dedup.get(event.event_id)
-            if earlier is not None:
+            # a copy whose flush was given up is not applied: this one tries again
+            if earlier is not None and earlier.waiters.state is not Ack.ABORTED:
                 metrics.DUPLICATES.inc()
                 self.outcomes["duplicate"] += 1
                 return earlier

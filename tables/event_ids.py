@@ -90,6 +90,13 @@ class EventClaim:
     def without_users(self, users: set[str]) -> EventClaim:
         return EventClaim([item for item in self.log if item[0].user_id not in users], self.window)
 
+    @property
+    def repeats(self) -> bool:
+        """One id more than once in the flush (copies that both waited for buffer space
+        and joined the same generation): the flush must be re-folded with the first."""
+        ids = [event.event_id for event, _ in self.log if event.event_id]
+        return len(ids) != len(set(ids))
+
     async def record(self, conn: AsyncConnection) -> set[str]:
         """Record the ids; returns those already recorded within the window."""
         ids = list(dict.fromkeys(event.event_id for event, _ in self.log if event.event_id))
@@ -114,13 +121,15 @@ class EventClaim:
 
     def owned_ids(self) -> tuple[list[str], list[str], tuple[datetime, datetime]] | None:
         """For the one-statement flush: the ids as stored, the user of each, and the
-        (now, expires) times; None when one id came with two users (hostile reuse,
-        left to `record` and `forget`)."""
+        (now, expires) times; None when an id came twice (a repeat to fold once, or hostile
+        reuse by two users: left to `record`, `refold` and `forget`)."""
         owner: dict[str, str] = {}
         for event, _ in self.log:
             event_id = event.event_id
-            if event_id and owner.setdefault(event_id, event.user_id) != event.user_id:
-                return None
+            if event_id:
+                if event_id in owner:
+                    return None
+                owner[event_id] = event.user_id
         stored = _stored_ids(list(owner))
         now = now_utc()
         users = [owner[original] for original in stored.values()]
@@ -138,11 +147,17 @@ class EventClaim:
         await conn.execute(text(_FORGET[dialect]), params)
 
     def refold(self, duplicates: set[str]) -> list[Delta]:
-        """The flush's deltas without the events already applied elsewhere."""
+        """The flush's deltas without the events already applied elsewhere, and with each
+        id once (its first copy)."""
         deltas: dict[BufferKey, Delta] = {}
+        seen: set[str] = set()
         for event, goals in self.log:
-            if event.event_id not in duplicates:
-                fold(deltas, event, goals)
+            event_id = event.event_id
+            if event_id:
+                if event_id in duplicates or event_id in seen:
+                    continue
+                seen.add(event_id)
+            fold(deltas, event, goals)
         return list(deltas.values())
 
 

@@ -163,7 +163,7 @@ class TransactionWriter:
         deltas, claim = batch.deltas, batch.claim
         if claim is not None:
             duplicates = await claim.record(conn)
-            if duplicates:
+            if duplicates or claim.repeats:
                 result.duplicates = len(duplicates)
                 deltas = claim.refold(duplicates)
         result.rows = len(deltas)
