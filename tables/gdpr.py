@@ -7,7 +7,8 @@ record so its offset can be committed):
 - `challenge_daily_marks`: the user's increment+daily marks;
 - `challenge_dead_letters`: the user's dead-lettered rows (they hold the buffered update);
 - `challenge_goal_completions` and `challenge_completion_deliveries`: the user's
-  goal-completed events, published or not (an unpublished one is never sent);
+  goal-completed events, published or not (an unpublished one is not sent, but for a
+  batch a publisher was already sending);
 - a tombstone in `challenge_erasures`: every merge statement leaves the user's deltas
   out from its commit on (tables/merge_sql.py), on every replica and worker, whatever
   the source — live, redelivered, late or replayed. Kept ERASURE_RETENTION, then purged.
@@ -122,28 +123,36 @@ def _statements(user_id: str, namespace: str) -> list[tuple[str, Delete]]:
 # waits until every flush that could still write with a snapshot from before the
 # tombstone has ended, and makes the flushes that start meanwhile wait for the commit:
 # they see the tombstone. Taken after a first delete, so that waiting for a row the
-# backend holds (a claim, up to ~10 s) never happens while every flush waits on us.
+# backend holds (a claim, up to ~10 s) never happens while every flush waits on us; only
+# the backend's table is deleted from before it: our own tables' rows (a daily mark, an
+# outbox row) are what a flush that read the tombstones may still upsert, and deleting
+# them first would make it wait for us while we wait for it. The wait for the lock is
+# bounded: a long flush (a replay's) must not hold every new flush up behind us — the
+# deletion fails as a retry-class error instead and is redelivered.
 _LOCK_ERASURES = "LOCK TABLE challenge_erasures IN ACCESS EXCLUSIVE MODE"
+_LOCK_WAIT = "SET LOCAL lock_timeout = '2s'"
 
 
-async def _delete_all(conn: AsyncConnection, user_id: str, namespace: str) -> dict[str, int]:
-    deleted: dict[str, int] = {}
-    for table, statement in _statements(user_id, namespace):
+async def _delete(
+    conn: AsyncConnection, statements: list[tuple[str, Delete]], deleted: dict[str, int]
+) -> None:
+    for table, statement in statements:
         result = await conn.execute(statement)
-        deleted[table] = max(0, result.rowcount or 0)
-    return deleted
+        deleted[table] = deleted.get(table, 0) + max(0, result.rowcount or 0)
 
 
 async def delete_rows(engine: AsyncEngine, user_id: str, namespace: str) -> dict[str, int]:
     """One transaction: every row of ours about the user, and the tombstone that keeps
     the user's later events out on every replica; returns rows per table."""
+    statements = _statements(user_id, namespace)
+    deleted: dict[str, int] = {}
     async with engine.begin() as conn:
-        deleted = await _delete_all(conn, user_id, namespace)
         if conn.dialect.name == "postgresql":
+            await _delete(conn, statements[:1], deleted)  # user_goal_progress
+            await conn.execute(text(_LOCK_WAIT))
             await conn.execute(text(_LOCK_ERASURES))
-            # what flushes committed while we waited for the lock
-            for table, count in (await _delete_all(conn, user_id, namespace)).items():
-                deleted[table] += count
+        # everything (again, for what flushes committed while we waited for the lock)
+        await _delete(conn, statements, deleted)
         await conn.execute(_tombstone(conn.dialect.name, user_id, namespace))
     return deleted
 
@@ -191,6 +200,7 @@ async def erase_user(
         # a flush that met the rows our DELETE held carried them: drop them again
         buffered += flusher.drop_user(user_id)
     except BaseException:
+        flusher.erased.discard(user_id)  # not erased after all: its events count again
         DELETIONS.labels(source, "failed").inc()
         raise
     erasure = Erasure(user_id, namespace, rows, buffered)

@@ -22,6 +22,9 @@ class ErasedUsers:
         if len(users) > self.max_entries:
             users.popitem(last=False)
 
+    def discard(self, user_id: str) -> None:
+        self._users.pop(user_id, None)
+
     def __contains__(self, user_id: object) -> bool:
         return user_id in self._users
 
