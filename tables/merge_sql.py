@@ -536,12 +536,17 @@ _ERASED = (
 )
 
 
+def _incoming(source: str) -> str:
+    """The chunk, each row with whether its user is erased (looked up once per row)."""
+    return f"SELECT s.*, {_ERASED} AS erased\n    FROM (\n    {_indent(source)}\n    ) AS s"
+
+
 def _unerased() -> str:
-    return f"SELECT s.*\n    FROM incoming AS s\n    WHERE NOT {_ERASED}"
+    return "SELECT s.*\n    FROM incoming AS s\n    WHERE NOT s.erased"
 
 
 def _erased_report() -> str:
-    return f"SELECT 'e', s.user_id, s.goal_id FROM incoming AS s\n    WHERE {_ERASED}"
+    return "SELECT 'e', s.user_id, s.goal_id FROM incoming AS s WHERE s.erased"
 
 
 # The rule stages after the source and its rows, in order; each reads the one before.
@@ -569,7 +574,7 @@ def _stages(
     chain = _chain(d, whole_users, optimistic)
     owners = [("owners", _owners(d))] if whole_users else []
     return [
-        ("incoming", d.source()),
+        ("incoming", _incoming(d.source())),
         ("delta", _unerased()),
         ("locked", d.locked(optimistic)),
         *owners,

@@ -1,58 +1,61 @@
 -- postgres
 WITH
 incoming AS (
+    SELECT s.*, EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace) AS erased
+    FROM (
     SELECT u.user_id,
-           (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
-           (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
-           (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
-           u.family,
-           (CAST(:target AS int[]))[u.goal_ref] AS target,
-           (CAST(:relative AS int[]))[u.goal_ref] AS relative,
-           (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
-           (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
-           (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
-           u.amount,
-           u.value,
-           u.first_base,
-           u.first_time,
-           u.last_time,
-           u.period_start,
-           u.period_end,
-           u.top_level,
-           u.steps
-    FROM unnest(
-        CAST(:user_id AS text[]),
-        CAST(:goal_ref AS int[]),
-        CAST(:family AS int[]),
-        CAST(:amount AS int[]),
-        CAST(:value AS int[]),
-        CAST(:first_base AS int[]),
-        CAST(:first_time AS timestamp[]),
-        CAST(:last_time AS timestamp[]),
-        CAST(:period_start AS timestamp[]),
-        CAST(:period_end AS timestamp[]),
-        CAST(:top_level AS int[]),
-        CAST(:steps AS text[])
-    ) AS u(
-        user_id,
-        goal_ref,
-        family,
-        amount,
-        value,
-        first_base,
-        first_time,
-        last_time,
-        period_start,
-        period_end,
-        top_level,
-        steps
-    )
+               (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
+               (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
+               (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
+               u.family,
+               (CAST(:target AS int[]))[u.goal_ref] AS target,
+               (CAST(:relative AS int[]))[u.goal_ref] AS relative,
+               (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
+               (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
+               (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
+               u.amount,
+               u.value,
+               u.first_base,
+               u.first_time,
+               u.last_time,
+               u.period_start,
+               u.period_end,
+               u.top_level,
+               u.steps
+        FROM unnest(
+            CAST(:user_id AS text[]),
+            CAST(:goal_ref AS int[]),
+            CAST(:family AS int[]),
+            CAST(:amount AS int[]),
+            CAST(:value AS int[]),
+            CAST(:first_base AS int[]),
+            CAST(:first_time AS timestamp[]),
+            CAST(:last_time AS timestamp[]),
+            CAST(:period_start AS timestamp[]),
+            CAST(:period_end AS timestamp[]),
+            CAST(:top_level AS int[]),
+            CAST(:steps AS text[])
+        ) AS u(
+            user_id,
+            goal_ref,
+            family,
+            amount,
+            value,
+            first_base,
+            first_time,
+            last_time,
+            period_start,
+            period_end,
+            top_level,
+            steps
+        )
+    ) AS s
 ),
 delta AS (
     SELECT s.*
     FROM incoming AS s
-    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+    WHERE NOT s.erased
 ),
 locked AS (
     SELECT s.*, l.*
@@ -218,67 +221,68 @@ SELECT 'm', user_id, goal_id FROM paired WHERE fresh
 UNION ALL
 SELECT 'C', CAST(count(*) AS text), NULL FROM completions
 UNION ALL
-SELECT 'e', s.user_id, s.goal_id FROM incoming AS s
-    WHERE EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+SELECT 'e', s.user_id, s.goal_id FROM incoming AS s WHERE s.erased
 UNION ALL
 SELECT 'c', user_id, goal_id FROM paired WHERE held;
 
 -- claimed
 WITH
 incoming AS (
+    SELECT s.*, EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace) AS erased
+    FROM (
     SELECT u.user_id,
-           (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
-           (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
-           (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
-           u.family,
-           (CAST(:target AS int[]))[u.goal_ref] AS target,
-           (CAST(:relative AS int[]))[u.goal_ref] AS relative,
-           (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
-           (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
-           (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
-           u.amount,
-           u.value,
-           u.first_base,
-           u.first_time,
-           u.last_time,
-           u.period_start,
-           u.period_end,
-           u.top_level,
-           u.steps
-    FROM unnest(
-        CAST(:user_id AS text[]),
-        CAST(:goal_ref AS int[]),
-        CAST(:family AS int[]),
-        CAST(:amount AS int[]),
-        CAST(:value AS int[]),
-        CAST(:first_base AS int[]),
-        CAST(:first_time AS timestamp[]),
-        CAST(:last_time AS timestamp[]),
-        CAST(:period_start AS timestamp[]),
-        CAST(:period_end AS timestamp[]),
-        CAST(:top_level AS int[]),
-        CAST(:steps AS text[])
-    ) AS u(
-        user_id,
-        goal_ref,
-        family,
-        amount,
-        value,
-        first_base,
-        first_time,
-        last_time,
-        period_start,
-        period_end,
-        top_level,
-        steps
-    )
+               (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
+               (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
+               (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
+               u.family,
+               (CAST(:target AS int[]))[u.goal_ref] AS target,
+               (CAST(:relative AS int[]))[u.goal_ref] AS relative,
+               (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
+               (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
+               (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
+               u.amount,
+               u.value,
+               u.first_base,
+               u.first_time,
+               u.last_time,
+               u.period_start,
+               u.period_end,
+               u.top_level,
+               u.steps
+        FROM unnest(
+            CAST(:user_id AS text[]),
+            CAST(:goal_ref AS int[]),
+            CAST(:family AS int[]),
+            CAST(:amount AS int[]),
+            CAST(:value AS int[]),
+            CAST(:first_base AS int[]),
+            CAST(:first_time AS timestamp[]),
+            CAST(:last_time AS timestamp[]),
+            CAST(:period_start AS timestamp[]),
+            CAST(:period_end AS timestamp[]),
+            CAST(:top_level AS int[]),
+            CAST(:steps AS text[])
+        ) AS u(
+            user_id,
+            goal_ref,
+            family,
+            amount,
+            value,
+            first_base,
+            first_time,
+            last_time,
+            period_start,
+            period_end,
+            top_level,
+            steps
+        )
+    ) AS s
 ),
 delta AS (
     SELECT s.*
     FROM incoming AS s
-    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+    WHERE NOT s.erased
 ),
 locked AS (
     SELECT s.*, l.*
@@ -462,9 +466,7 @@ SELECT 'm', user_id, goal_id FROM paired WHERE fresh
 UNION ALL
 SELECT 'C', CAST(count(*) AS text), NULL FROM completions
 UNION ALL
-SELECT 'e', s.user_id, s.goal_id FROM incoming AS s
-    WHERE EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+SELECT 'e', s.user_id, s.goal_id FROM incoming AS s WHERE s.erased
 UNION ALL
 SELECT 'c', user_id, goal_id FROM paired WHERE held
 UNION ALL
@@ -474,58 +476,61 @@ SELECT 'v', CAST(1 / CASE WHEN (SELECT count(*) FROM claimed)
 -- optimistic
 WITH
 incoming AS (
+    SELECT s.*, EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace) AS erased
+    FROM (
     SELECT u.user_id,
-           (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
-           (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
-           (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
-           u.family,
-           (CAST(:target AS int[]))[u.goal_ref] AS target,
-           (CAST(:relative AS int[]))[u.goal_ref] AS relative,
-           (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
-           (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
-           (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
-           u.amount,
-           u.value,
-           u.first_base,
-           u.first_time,
-           u.last_time,
-           u.period_start,
-           u.period_end,
-           u.top_level,
-           u.steps
-    FROM unnest(
-        CAST(:user_id AS text[]),
-        CAST(:goal_ref AS int[]),
-        CAST(:family AS int[]),
-        CAST(:amount AS int[]),
-        CAST(:value AS int[]),
-        CAST(:first_base AS int[]),
-        CAST(:first_time AS timestamp[]),
-        CAST(:last_time AS timestamp[]),
-        CAST(:period_start AS timestamp[]),
-        CAST(:period_end AS timestamp[]),
-        CAST(:top_level AS int[]),
-        CAST(:steps AS text[])
-    ) AS u(
-        user_id,
-        goal_ref,
-        family,
-        amount,
-        value,
-        first_base,
-        first_time,
-        last_time,
-        period_start,
-        period_end,
-        top_level,
-        steps
-    )
+               (CAST(:goal_id AS text[]))[u.goal_ref] AS goal_id,
+               (CAST(:challenge_id AS text[]))[u.goal_ref] AS challenge_id,
+               (CAST(:namespace AS text[]))[u.goal_ref] AS namespace,
+               u.family,
+               (CAST(:target AS int[]))[u.goal_ref] AS target,
+               (CAST(:relative AS int[]))[u.goal_ref] AS relative,
+               (CAST(:rotating AS int[]))[u.goal_ref] AS rotating,
+               (CAST(:reset_progress AS int[]))[u.goal_ref] AS reset_progress,
+               (CAST(:reselect AS int[]))[u.goal_ref] AS reselect,
+               u.amount,
+               u.value,
+               u.first_base,
+               u.first_time,
+               u.last_time,
+               u.period_start,
+               u.period_end,
+               u.top_level,
+               u.steps
+        FROM unnest(
+            CAST(:user_id AS text[]),
+            CAST(:goal_ref AS int[]),
+            CAST(:family AS int[]),
+            CAST(:amount AS int[]),
+            CAST(:value AS int[]),
+            CAST(:first_base AS int[]),
+            CAST(:first_time AS timestamp[]),
+            CAST(:last_time AS timestamp[]),
+            CAST(:period_start AS timestamp[]),
+            CAST(:period_end AS timestamp[]),
+            CAST(:top_level AS int[]),
+            CAST(:steps AS text[])
+        ) AS u(
+            user_id,
+            goal_ref,
+            family,
+            amount,
+            value,
+            first_base,
+            first_time,
+            last_time,
+            period_start,
+            period_end,
+            top_level,
+            steps
+        )
+    ) AS s
 ),
 delta AS (
     SELECT s.*
     FROM incoming AS s
-    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+    WHERE NOT s.erased
 ),
 locked AS (
     SELECT s.*, l.*
@@ -695,6 +700,4 @@ SELECT 'r', n.user_id, n.goal_id FROM merged AS n
 UNION ALL
 SELECT 'C', CAST(count(*) AS text), NULL FROM completions
 UNION ALL
-SELECT 'e', s.user_id, s.goal_id FROM incoming AS s
-    WHERE EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace);
+SELECT 'e', s.user_id, s.goal_id FROM incoming AS s WHERE s.erased;

@@ -1,33 +1,36 @@
 -- completions
 WITH
 incoming AS (
+    SELECT s.*, EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace) AS erased
+    FROM (
     SELECT
-        json_extract(value, '$[0]') AS user_id,
-        json_extract(value, '$[1]') AS goal_id,
-        json_extract(value, '$[2]') AS challenge_id,
-        json_extract(value, '$[3]') AS namespace,
-        json_extract(value, '$[4]') AS family,
-        json_extract(value, '$[5]') AS target,
-        json_extract(value, '$[6]') AS relative,
-        json_extract(value, '$[7]') AS rotating,
-        json_extract(value, '$[8]') AS reset_progress,
-        json_extract(value, '$[9]') AS reselect,
-        json_extract(value, '$[10]') AS amount,
-        json_extract(value, '$[11]') AS value,
-        json_extract(value, '$[12]') AS first_base,
-        json_extract(value, '$[13]') AS first_time,
-        json_extract(value, '$[14]') AS last_time,
-        json_extract(value, '$[15]') AS period_start,
-        json_extract(value, '$[16]') AS period_end,
-        json_extract(value, '$[17]') AS top_level,
-        json_extract(value, '$[18]') AS steps
-    FROM json_each(:rows)
+            json_extract(value, '$[0]') AS user_id,
+            json_extract(value, '$[1]') AS goal_id,
+            json_extract(value, '$[2]') AS challenge_id,
+            json_extract(value, '$[3]') AS namespace,
+            json_extract(value, '$[4]') AS family,
+            json_extract(value, '$[5]') AS target,
+            json_extract(value, '$[6]') AS relative,
+            json_extract(value, '$[7]') AS rotating,
+            json_extract(value, '$[8]') AS reset_progress,
+            json_extract(value, '$[9]') AS reselect,
+            json_extract(value, '$[10]') AS amount,
+            json_extract(value, '$[11]') AS value,
+            json_extract(value, '$[12]') AS first_base,
+            json_extract(value, '$[13]') AS first_time,
+            json_extract(value, '$[14]') AS last_time,
+            json_extract(value, '$[15]') AS period_start,
+            json_extract(value, '$[16]') AS period_end,
+            json_extract(value, '$[17]') AS top_level,
+            json_extract(value, '$[18]') AS steps
+        FROM json_each(:rows)
+    ) AS s
 ),
 delta AS (
     SELECT s.*
     FROM incoming AS s
-    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+    WHERE NOT s.erased
 ),
 locked AS (
     SELECT s.*, x.user_id IS NOT NULL AS found,
@@ -153,33 +156,36 @@ INSERT INTO challenge_goal_completions (namespace, user_id, challenge_id, goal_i
 -- update
 WITH
 incoming AS (
+    SELECT s.*, EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace) AS erased
+    FROM (
     SELECT
-        json_extract(value, '$[0]') AS user_id,
-        json_extract(value, '$[1]') AS goal_id,
-        json_extract(value, '$[2]') AS challenge_id,
-        json_extract(value, '$[3]') AS namespace,
-        json_extract(value, '$[4]') AS family,
-        json_extract(value, '$[5]') AS target,
-        json_extract(value, '$[6]') AS relative,
-        json_extract(value, '$[7]') AS rotating,
-        json_extract(value, '$[8]') AS reset_progress,
-        json_extract(value, '$[9]') AS reselect,
-        json_extract(value, '$[10]') AS amount,
-        json_extract(value, '$[11]') AS value,
-        json_extract(value, '$[12]') AS first_base,
-        json_extract(value, '$[13]') AS first_time,
-        json_extract(value, '$[14]') AS last_time,
-        json_extract(value, '$[15]') AS period_start,
-        json_extract(value, '$[16]') AS period_end,
-        json_extract(value, '$[17]') AS top_level,
-        json_extract(value, '$[18]') AS steps
-    FROM json_each(:rows)
+            json_extract(value, '$[0]') AS user_id,
+            json_extract(value, '$[1]') AS goal_id,
+            json_extract(value, '$[2]') AS challenge_id,
+            json_extract(value, '$[3]') AS namespace,
+            json_extract(value, '$[4]') AS family,
+            json_extract(value, '$[5]') AS target,
+            json_extract(value, '$[6]') AS relative,
+            json_extract(value, '$[7]') AS rotating,
+            json_extract(value, '$[8]') AS reset_progress,
+            json_extract(value, '$[9]') AS reselect,
+            json_extract(value, '$[10]') AS amount,
+            json_extract(value, '$[11]') AS value,
+            json_extract(value, '$[12]') AS first_base,
+            json_extract(value, '$[13]') AS first_time,
+            json_extract(value, '$[14]') AS last_time,
+            json_extract(value, '$[15]') AS period_start,
+            json_extract(value, '$[16]') AS period_end,
+            json_extract(value, '$[17]') AS top_level,
+            json_extract(value, '$[18]') AS steps
+        FROM json_each(:rows)
+    ) AS s
 ),
 delta AS (
     SELECT s.*
     FROM incoming AS s
-    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+    WHERE NOT s.erased
 ),
 locked AS (
     SELECT s.*, x.user_id IS NOT NULL AS found,
@@ -307,33 +313,36 @@ UPDATE user_goal_progress AS t
 -- marks
 WITH
 incoming AS (
+    SELECT s.*, EXISTS (SELECT 1 FROM challenge_erasures AS e
+                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace) AS erased
+    FROM (
     SELECT
-        json_extract(value, '$[0]') AS user_id,
-        json_extract(value, '$[1]') AS goal_id,
-        json_extract(value, '$[2]') AS challenge_id,
-        json_extract(value, '$[3]') AS namespace,
-        json_extract(value, '$[4]') AS family,
-        json_extract(value, '$[5]') AS target,
-        json_extract(value, '$[6]') AS relative,
-        json_extract(value, '$[7]') AS rotating,
-        json_extract(value, '$[8]') AS reset_progress,
-        json_extract(value, '$[9]') AS reselect,
-        json_extract(value, '$[10]') AS amount,
-        json_extract(value, '$[11]') AS value,
-        json_extract(value, '$[12]') AS first_base,
-        json_extract(value, '$[13]') AS first_time,
-        json_extract(value, '$[14]') AS last_time,
-        json_extract(value, '$[15]') AS period_start,
-        json_extract(value, '$[16]') AS period_end,
-        json_extract(value, '$[17]') AS top_level,
-        json_extract(value, '$[18]') AS steps
-    FROM json_each(:rows)
+            json_extract(value, '$[0]') AS user_id,
+            json_extract(value, '$[1]') AS goal_id,
+            json_extract(value, '$[2]') AS challenge_id,
+            json_extract(value, '$[3]') AS namespace,
+            json_extract(value, '$[4]') AS family,
+            json_extract(value, '$[5]') AS target,
+            json_extract(value, '$[6]') AS relative,
+            json_extract(value, '$[7]') AS rotating,
+            json_extract(value, '$[8]') AS reset_progress,
+            json_extract(value, '$[9]') AS reselect,
+            json_extract(value, '$[10]') AS amount,
+            json_extract(value, '$[11]') AS value,
+            json_extract(value, '$[12]') AS first_base,
+            json_extract(value, '$[13]') AS first_time,
+            json_extract(value, '$[14]') AS last_time,
+            json_extract(value, '$[15]') AS period_start,
+            json_extract(value, '$[16]') AS period_end,
+            json_extract(value, '$[17]') AS top_level,
+            json_extract(value, '$[18]') AS steps
+        FROM json_each(:rows)
+    ) AS s
 ),
 delta AS (
     SELECT s.*
     FROM incoming AS s
-    WHERE NOT EXISTS (SELECT 1 FROM challenge_erasures AS e
-                  WHERE e.user_id = s.user_id AND e.namespace = s.namespace)
+    WHERE NOT s.erased
 ),
 locked AS (
     SELECT s.*, x.user_id IS NOT NULL AS found,
