@@ -84,6 +84,10 @@ class MergeRunner:
     def has_single(self) -> bool:
         return self.statements.claimed is not None
 
+    def may_take_single(self, deltas: Sequence[Delta]) -> bool:
+        """A flush small enough for the one-statement form (`single` checks the rest)."""
+        return self.has_single and len(deltas) <= self.batch_size
+
     async def chunk(
         self, conn: AsyncConnection, chunk: list[Delta], result: WriteResult, form: MergeForm
     ) -> None:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+import orjson
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.completions import Completion
@@ -44,17 +43,54 @@ def _undelivered(sink: str) -> Any:
     return ~exists().where(deliveries.c.completion_id == outbox.c.id, deliveries.c.sink == sink)
 
 
+# The publisher's two statements per batch, as constant texts: parsed once, no query
+# built per batch (a multi-row insert built with `.values([...])` was compiled anew for
+# every batch, the largest part of the publisher's CPU).
+_PENDING = text(
+    f"SELECT {', '.join(column.name for column in _COLUMNS)}"
+    " FROM challenge_goal_completions AS c"
+    " WHERE c.published_at IS NULL AND c.id > :after"
+    " AND NOT EXISTS (SELECT 1 FROM challenge_completion_deliveries AS d"
+    " WHERE d.completion_id = c.id AND d.sink = :sink)"
+    " ORDER BY c.id LIMIT :limit"
+).columns(*_COLUMNS)  # typed: SQLite's times come back as datetimes
+_MARK = {
+    "postgresql": (
+        text(
+            "INSERT INTO challenge_completion_deliveries (completion_id, sink, published_at)"
+            " SELECT i, :sink, :now FROM unnest(CAST(:ids AS BIGINT[])) AS i"
+            " ON CONFLICT DO NOTHING"
+        ),
+        text(
+            "UPDATE challenge_goal_completions AS c SET published_at = :now"
+            " WHERE c.id = ANY(CAST(:ids AS BIGINT[])) AND c.published_at IS NULL"
+            " AND (SELECT count(*) FROM challenge_completion_deliveries AS d"
+            " WHERE d.completion_id = c.id AND d.sink = ANY(CAST(:sinks AS TEXT[]))) = :wanted"
+        ),
+    ),
+    "sqlite": (
+        text(
+            "INSERT INTO challenge_completion_deliveries (completion_id, sink, published_at)"
+            " SELECT value, :sink, :now FROM json_each(:ids) WHERE true"
+            " ON CONFLICT DO NOTHING"
+        ),
+        text(
+            "UPDATE challenge_goal_completions SET published_at = :now"
+            " WHERE id IN (SELECT value FROM json_each(:ids)) AND published_at IS NULL"
+            " AND (SELECT count(*) FROM challenge_completion_deliveries AS d"
+            " WHERE d.completion_id = challenge_goal_completions.id"
+            " AND d.sink IN (SELECT value FROM json_each(:sinks))) = :wanted"
+        ),
+    ),
+}
+
+
 async def pending(
     conn: AsyncConnection, sink: str, *, after: int = 0, limit: int = 100
 ) -> list[Completion]:
     """The next unpublished completions `sink` has not accepted, in id order."""
-    query = (
-        select(*_COLUMNS)
-        .where(outbox.c.published_at.is_(None), outbox.c.id > after, _undelivered(sink))
-        .order_by(outbox.c.id)
-        .limit(limit)
-    )
-    return [_completion(row) for row in await conn.execute(query)]
+    rows = await conn.execute(_PENDING, {"sink": sink, "after": after, "limit": limit})
+    return [_completion(row) for row in rows]
 
 
 async def mark(
@@ -63,22 +99,19 @@ async def mark(
     """`sink` accepted `ids`; those every one of `sinks` has are published."""
     if not ids:
         return
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    await conn.execute(
-        dialect_insert(deliveries)
-        .values([{"completion_id": i, "sink": sink, "published_at": now} for i in ids])
-        .on_conflict_do_nothing()
-    )
-    have = (
-        select(func.count())
-        .where(deliveries.c.completion_id == outbox.c.id, deliveries.c.sink.in_(list(sinks)))
-        .scalar_subquery()
-    )
-    await conn.execute(
-        update(outbox)
-        .where(outbox.c.id.in_(list(ids)), outbox.c.published_at.is_(None), have == len(sinks))
-        .values(published_at=now)
-    )
+    dialect = conn.dialect.name
+    insert, publish = _MARK[dialect]
+    if dialect == "postgresql":
+        id_list, sink_list = list(ids), list(sinks)
+        params: dict[str, Any] = {"ids": id_list, "sinks": sink_list}
+    else:
+        params = {
+            "ids": orjson.dumps(list(ids)).decode(),
+            "sinks": orjson.dumps(list(sinks)).decode(),
+        }
+    params.update(sink=sink, now=now, wanted=len(sinks))
+    await conn.execute(insert, params)
+    await conn.execute(publish, params)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class Writer:
             claim is not None
             and extra is None
             and not isolate
+            and self.runner.may_take_single(deltas)
             and not refused_deltas(self.time_bounds, deltas, now_utc())
         ):
             single = await self.runner.single(self.engine, deltas, claim)

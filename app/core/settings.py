@@ -256,7 +256,7 @@ class Settings:
         "Kafka topic of goal-completed events (`{AB_NAMESPACE}` is replaced)", group="completions",
     )  # fmt: skip
     completion_batch_size: int = setting(
-        "COMPLETION_BATCH_SIZE", "100", positive_int,
+        "COMPLETION_BATCH_SIZE", "500", positive_int,
         "completions a publisher reads and sends at a time", group="completions",
     )  # fmt: skip
     completion_poll_interval: float = setting(
