@@ -44,8 +44,9 @@ def report_flush(generation: Generation, result: WriteResult, elapsed: float, pe
         metrics.FAILED.labels("dead_letter_failed").inc(result.dead_letters_lost)
     if result.abandoned:
         metrics.FAILED.labels("flush_abandoned").inc(result.abandoned)
-    log.info(
-        "flush committed",
+    log.log(
+        logging.ERROR if result.abandoned else logging.INFO,
+        "flush given up" if result.abandoned else "flush committed",
         extra={
             "rows": result.rows,
             "events": generation.events,

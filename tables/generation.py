@@ -31,8 +31,9 @@ class Generation:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     # What the source notes about this generation's events (the Kafka runtime: records
-    # to ack after the commit, positions, where each user's events came from). Owned by
-    # the source; the flusher hands it to `extra_for` and drops it after the flush.
+    # to ack after the commit, where each user's events came from). Owned by the source,
+    # which reads it when the flusher hands it the generation (`extra_for`); dropped
+    # after the flush.
     notes: object | None = None
     log: EventLog | None = None
     created: float = field(default_factory=time.monotonic)

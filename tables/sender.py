@@ -159,8 +159,7 @@ class Sender:
             self.on_flush(generation, result, elapsed)
         generation.release()
         buffer.space_freed()
-        if claim is not None or self.erasure_retention is not None:
-            self._maybe_tidy()
+        self._maybe_tidy()
 
     def stalled(self, after: float) -> bool:
         """Writes stuck: the last attempts failed, or one flush has run for `after` s."""

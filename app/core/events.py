@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from app.core.clock import now_utc
-from app.core.event_time import event_time, parse_utc
+from app.core.event_time import event_time
 from app.core.time_bounds import TimeBounds
 
 # The contract's default bounds, for callers that pass none (tests, one-off tools); the
@@ -29,12 +29,6 @@ MAX_USER_ID_LENGTH = 100
 # refuses entries over ~2,700 bytes, so a longer id would fail a whole flush. 512
 # characters stay under it in any UTF-8 (AGS ids are 32-character hex).
 MAX_EVENT_ID_LENGTH = 512
-
-# Event times the service can represent: every period computed from one (day, ISO week,
-# month, and their ends) stays inside Python's datetime range. The bounds a service runs
-# with (app/core/time_bounds.py, EVENT_TIME_MIN and EVENT_TIME_MAX_SKEW) sit inside it.
-EARLIEST_EVENT_TIME = datetime(1, 1, 1)  # a Monday: the week start never underflows
-LATEST_EVENT_TIME = datetime(9999, 12, 1)  # exclusive: December 9999 has no month end
 
 
 class EventType(StrEnum):
@@ -81,20 +75,6 @@ def to_int(number: float) -> int:
     if number <= INT_MIN:
         return INT_MIN
     return int(number)
-
-
-def representable(moment: datetime | None) -> datetime | None:
-    """The moment when the service can compute its periods, else None (fall back)."""
-    if moment is None or not EARLIEST_EVENT_TIME <= moment < LATEST_EVENT_TIME:
-        return None
-    return moment
-
-
-def parse_timestamp(raw: Any) -> datetime | None:
-    """RFC 3339 text -> naive UTC; None when absent, unreadable or out of range."""
-    if not raw or not isinstance(raw, str):
-        return None
-    return representable(parse_utc(raw))
 
 
 def finite(number: float, name: str) -> float:

@@ -9,15 +9,13 @@ from datetime import datetime
 
 from app.core.challenges import ChallengeConfig, Source, parse_config
 from app.core.events import (
-    EARLIEST_EVENT_TIME,
     INT_MAX,
     INT_MIN,
-    LATEST_EVENT_TIME,
     Event,
     EventType,
 )
 from app.core.progress import Delta, fold
-from app.core.time_bounds import CONTRACT_MIN, CONTRACT_SKEW
+from app.core.time_bounds import CEILING, CONTRACT_MIN, CONTRACT_SKEW, FLOOR
 
 # Every refusal a decoder may answer (contract §2 and the hostile-input rules), as patterns.
 DOCUMENTED = re.compile(
@@ -106,7 +104,7 @@ def assert_invariants(event: Event, received: datetime | None = None) -> None:
     assert type(event.value) is int and INT_MIN <= event.value <= INT_MAX
     assert type(event.inc) is int and INT_MIN <= event.inc <= INT_MAX
     assert event.event_time.tzinfo is None
-    assert EARLIEST_EVENT_TIME <= event.event_time < LATEST_EVENT_TIME
+    assert FLOOR <= event.event_time <= CEILING
     if received is not None:
         assert CONTRACT_MIN <= event.event_time <= received + CONTRACT_SKEW
     if event.type is EventType.STATISTIC:

@@ -9,7 +9,7 @@ accepted event into goals of every kind never raises.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -21,15 +21,14 @@ from app.bridge.shedding import Shedder
 from app.core.challenges import ConfigError, load_config
 from app.core.clock import from_epoch_ms
 from app.core.events import (
-    EARLIEST_EVENT_TIME,
     INT_MAX,
     INT_MIN,
-    LATEST_EVENT_TIME,
     Event,
     EventType,
     InvalidEvent,
     decode_json_event,
 )
+from app.core.time_bounds import CEILING, FLOOR
 from app.kafka.codec import DEAD_LETTER_MAX_VALUE, dead_letter_value
 from app.lifecycle import reload_config
 from proto.build import load
@@ -166,7 +165,7 @@ def test_an_out_of_range_record_time_falls_back_to_the_receipt_time():
 
 
 def test_the_edges_of_the_time_range_fold_for_every_period_kind():
-    for moment in (EARLIEST_EVENT_TIME, LATEST_EVENT_TIME - timedelta(microseconds=1)):
+    for moment in (FLOOR, CEILING):
         event = Event("e", EventType.STATISTIC, "ns", "u", moment, "s", 5, 1)
         assert_folds_whole(event)
         assert_folds_whole(Event("e", EventType.LOGIN, "ns", "u", moment))
