@@ -160,9 +160,7 @@ class MergeRunner:
         assert statements.update is not None and statements.marks is not None
         if statements.erased is not None:
             erased = (await conn.execute(_clause(statements.erased), params)).all()
-            result.tally(
-                [("e", user, goal) for _tag, user, goal in erased], {d.key: d for d in chunk}
-            )
+            result.tally(erased, {d.key: d for d in chunk})
             result.statements += 1
         if statements.completions is not None:  # the outbox first: from the rows as they were
             result.completions += len(

@@ -25,12 +25,13 @@ INT_MAX) come from app.core; the source relation is built from SOURCE_COLUMNS, w
 also says how the writer reads each column off a Delta.
 
 PostgreSQL runs one statement per chunk: the chain, then data-modifying steps (update,
-insert, daily marks) and a report of (tag, user_id, goal_id) rows: two counts, 'U' rows
-updated and 'I' inserted (the count in the second column), then one row per key that
-needs the caller: 'm' no row (required mode), 'r' inserted or changed concurrently by
-another writer (re-run with a fresh snapshot), 'c' held by another transaction (the
-row is left alone, its daily mark too; the caller carries the delta to the next flush).
-Everything else (a guarded row) is not reported.
+insert, daily marks, the goal-completed outbox) and a report of (tag, count, user_id,
+goal_id) rows (tables/write_result.py `ReportTag`): counts without a key — 'U' rows
+updated, 'I' inserted, 'C' outbox rows written — then one row per key that needs the
+caller: 'm' no row (required mode), 'r' inserted or changed concurrently by another
+writer (re-run with a fresh snapshot), 'c' held by another transaction (the row is left
+alone, its daily mark too; the caller carries the delta to the next flush), 'e' a user
+erased by a GDPR deletion (left out). Everything else (a guarded row) is not reported.
 
 It comes in two forms. The *locking* form reads each row with `FOR UPDATE SKIP LOCKED`
 (a held row is skipped at once, reported 'c'). The *optimistic* form, for flushes written
@@ -546,7 +547,7 @@ def _unerased() -> str:
 
 
 def _erased_report() -> str:
-    return "SELECT 'e', s.user_id, s.goal_id FROM incoming AS s WHERE s.erased"
+    return "SELECT 'e', 1, s.user_id, s.goal_id FROM incoming AS s WHERE s.erased"
 
 
 # The rule stages after the source and its rows, in order; each reads the one before.
@@ -680,7 +681,7 @@ def _completions(d: Dialect, written: str) -> str:
 class MergeStatements:
     """SQL texts for one dialect and assignment mode."""
 
-    postgres: str | None = None  # one statement: returns (tag, user_id, goal_id)
+    postgres: str | None = None  # one statement: returns (tag, count, user_id, goal_id)
     # PostgreSQL, one statement that is a whole flush (see `_claimed`)
     claimed: str | None = None
     # PostgreSQL, the unlocked form of `postgres` (module docstring)
@@ -729,8 +730,8 @@ def _claimed(
     """
     claim = [("claim_ids", _CLAIM_IDS), ("claimed", _indent(_CLAIM))]
     verdict = (
-        "SELECT 'v', CAST(1 / CASE WHEN (SELECT count(*) FROM claimed)\n"
-        f"        = (SELECT count(*) FROM claim_ids){sound} THEN 1 ELSE 0 END AS text), NULL"
+        "SELECT 'v', 1 / CASE WHEN (SELECT count(*) FROM claimed)\n"
+        f"        = (SELECT count(*) FROM claim_ids){sound} THEN 1 ELSE 0 END, NULL, NULL"
     )
     chain = _with(stages + writes + claim)
     return chain + "\n" + "\nUNION ALL\n".join([*report, verdict])
@@ -756,9 +757,9 @@ def _auto_writes(d: Dialect) -> tuple[tuple[str, str], list[str], str, str]:
     was_inserted = f"EXISTS (SELECT 1 FROM inserted AS i WHERE {_key('i', 'p')})"
     inserted = f"\n        OR (p.fresh AND ({all_inserted}\n            OR {was_inserted}))"
     report = [
-        "SELECT 'I', CAST(count(*) AS text), NULL FROM inserted",
+        "SELECT 'I', count(*), NULL, NULL FROM inserted",
         # missing in our snapshot yet not inserted: another writer inserted it
-        f"SELECT 'r', p.user_id, p.goal_id FROM paired AS p\n"
+        f"SELECT 'r', 1, p.user_id, p.goal_id FROM paired AS p\n"
         f"    WHERE p.fresh AND NOT {all_inserted}\n"
         f"    AND NOT {was_inserted}",
     ]
@@ -781,7 +782,7 @@ def _written(
     the condition that every fresh key was inserted (the one-statement flush's verdict).
     Counts: 'U' updated, 'I' inserted, 'C' completions written to the outbox."""
     writes = [("updated", _update(d, optimistic))]
-    report = ["SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated"]
+    report = ["SELECT 'U' AS tag, count(*) AS n, NULL AS user_id, NULL AS goal_id FROM updated"]
     all_updated, changed = _optimistic_change() if optimistic else ("", "")
     inserted = sound = ""
     if auto:
@@ -789,17 +790,17 @@ def _written(
         writes.append(insert)
         report += inserts_report
     else:
-        report.append("SELECT 'm', user_id, goal_id FROM paired WHERE fresh")
+        report.append("SELECT 'm', 1, user_id, goal_id FROM paired WHERE fresh")
     if optimistic:
         report.append(
             # read, passed the guards, yet not updated: another writer changed it
-            "SELECT 'r', n.user_id, n.goal_id FROM merged AS n\n"
+            "SELECT 'r', 1, n.user_id, n.goal_id FROM merged AS n\n"
             f"    WHERE NOT n.fresh AND NOT {all_updated}\n"
             f"    AND NOT EXISTS (SELECT 1 FROM updated AS u WHERE {_key('u', 'n')})"
         )
     writes.append(("marks", _marks(auto, inserted, changed)))
     writes.append(_pg_completions(d, auto))
-    report.append("SELECT 'C', CAST(count(*) AS text), NULL FROM completions")
+    report.append("SELECT 'C', count(*), NULL, NULL FROM completions")
     report.append(_erased_report())
     return [(name, _indent(body)) for name, body in writes], report, sound
 
@@ -825,7 +826,7 @@ def build_statements(dialect_name: str, assignment_mode: str) -> MergeStatements
         return _sqlite_statements(d, auto)
     stages = _stages(d)
     written, report, sound = _written(d, auto, optimistic=False)
-    report.append("SELECT 'c', user_id, goal_id FROM paired WHERE held")
+    report.append("SELECT 'c', 1, user_id, goal_id FROM paired WHERE held")
     fast, fast_report, _ = _written(d, auto, optimistic=True)
     return MergeStatements(
         postgres=_with(stages + written) + "\n" + "\nUNION ALL\n".join(report),

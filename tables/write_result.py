@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -65,11 +65,12 @@ class RowsLocked(TransientWriteError):
 
 
 class ReportTag(StrEnum):
-    """The first column of a merge statement's report rows (tables/merge_sql.py)."""
+    """What a row of a merge statement's report says (tables/merge_sql.py); a report row
+    is (tag, count, user id, goal id): a count row has no key, a key row counts one."""
 
-    UPDATED = "U"  # one row: how many rows were updated (the count in the second column)
-    INSERTED = "I"  # one row: how many rows were inserted (likewise)
-    COMPLETIONS = "C"  # one row: how many goal-completed outbox rows were written
+    UPDATED = "U"  # how many rows were updated
+    INSERTED = "I"  # how many rows were inserted
+    COMPLETIONS = "C"  # how many goal-completed outbox rows were written
     MISSING = "m"  # a key without a row (ASSIGNMENT_MODE=required)
     CARRIED = "c"  # a key held by another transaction: carried to the next flush
     RACED = "r"  # a key another writer inserted or changed meanwhile: merged again
@@ -125,23 +126,23 @@ class WriteResult:
         )
 
     def tally(
-        self, report: Sequence[Sequence[str]], by_key: dict[tuple[str, str], Delta]
+        self, report: Sequence[Sequence[Any]], by_key: dict[tuple[str, str], Delta]
     ) -> list[Delta]:
         """Count a merge statement's report; returns the raced deltas (to merge again)."""
         raced: list[Delta] = []
-        for tag, user_or_count, goal_id in report:
+        for tag, count, user_id, goal_id in report:
             if tag == ReportTag.UPDATED:
-                self.updated += int(user_or_count)
+                self.updated += count
             elif tag == ReportTag.INSERTED:
-                self.inserted += int(user_or_count)
+                self.inserted += count
             elif tag == ReportTag.COMPLETIONS:
-                self.completions += int(user_or_count)
+                self.completions += count
             elif tag == ReportTag.MISSING:
                 self.missing += 1
             elif tag == ReportTag.CARRIED:
-                self.carried.append(by_key[(user_or_count, goal_id)])
+                self.carried.append(by_key[(user_id, goal_id)])
             elif tag == ReportTag.RACED:
-                raced.append(by_key[(user_or_count, goal_id)])
+                raced.append(by_key[(user_id, goal_id)])
             elif tag == ReportTag.ERASED:
-                self.erased.append(by_key[(user_or_count, goal_id)])
+                self.erased.append(by_key[(user_id, goal_id)])
         return raced

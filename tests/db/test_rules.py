@@ -460,11 +460,11 @@ async def test_row_held_by_another_transaction_is_reported_and_left_alone(pg_eng
             reported = (await conn.execute(text(statement), postgres_params(chunk))).all()
         await holder.rollback()
     assert sorted(tuple(r) for r in reported) == [
-        ("C", "0", None),  # nothing completes: no goal-completed outbox row
-        ("I", "2", None),
-        ("U", "2", None),
-        ("c", "held", "logins"),
-        ("c", "held", "streak"),
+        ("C", 0, None, None),  # nothing completes: no goal-completed outbox row
+        ("I", 2, None, None),
+        ("U", 2, None, None),
+        ("c", 1, "held", "logins"),
+        ("c", 1, "held", "streak"),
     ]
     assert (await row(pg_engine, "free", "logins")).progress == 2
     assert (await row(pg_engine, "new", "logins")).progress == 1

@@ -215,15 +215,15 @@ completions AS (
         ON CONFLICT DO NOTHING
         RETURNING id
 )
-SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
+SELECT 'U' AS tag, count(*) AS n, NULL AS user_id, NULL AS goal_id FROM updated
 UNION ALL
-SELECT 'm', user_id, goal_id FROM paired WHERE fresh
+SELECT 'm', 1, user_id, goal_id FROM paired WHERE fresh
 UNION ALL
-SELECT 'C', CAST(count(*) AS text), NULL FROM completions
+SELECT 'C', count(*), NULL, NULL FROM completions
 UNION ALL
-SELECT 'e', s.user_id, s.goal_id FROM incoming AS s WHERE s.erased
+SELECT 'e', 1, s.user_id, s.goal_id FROM incoming AS s WHERE s.erased
 UNION ALL
-SELECT 'c', user_id, goal_id FROM paired WHERE held;
+SELECT 'c', 1, user_id, goal_id FROM paired WHERE held;
 
 -- claimed
 WITH
@@ -460,18 +460,18 @@ claimed AS (
         WHERE challenge_processed_events.expires_at < CAST(:now AS TIMESTAMP)
         RETURNING event_id
 )
-SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
+SELECT 'U' AS tag, count(*) AS n, NULL AS user_id, NULL AS goal_id FROM updated
 UNION ALL
-SELECT 'm', user_id, goal_id FROM paired WHERE fresh
+SELECT 'm', 1, user_id, goal_id FROM paired WHERE fresh
 UNION ALL
-SELECT 'C', CAST(count(*) AS text), NULL FROM completions
+SELECT 'C', count(*), NULL, NULL FROM completions
 UNION ALL
-SELECT 'e', s.user_id, s.goal_id FROM incoming AS s WHERE s.erased
+SELECT 'e', 1, s.user_id, s.goal_id FROM incoming AS s WHERE s.erased
 UNION ALL
-SELECT 'c', user_id, goal_id FROM paired WHERE held
+SELECT 'c', 1, user_id, goal_id FROM paired WHERE held
 UNION ALL
-SELECT 'v', CAST(1 / CASE WHEN (SELECT count(*) FROM claimed)
-        = (SELECT count(*) FROM claim_ids) THEN 1 ELSE 0 END AS text), NULL;
+SELECT 'v', 1 / CASE WHEN (SELECT count(*) FROM claimed)
+        = (SELECT count(*) FROM claim_ids) THEN 1 ELSE 0 END, NULL, NULL;
 
 -- optimistic
 WITH
@@ -690,14 +690,14 @@ completions AS (
         ON CONFLICT DO NOTHING
         RETURNING id
 )
-SELECT 'U' AS tag, CAST(count(*) AS text) AS user_id, NULL AS goal_id FROM updated
+SELECT 'U' AS tag, count(*) AS n, NULL AS user_id, NULL AS goal_id FROM updated
 UNION ALL
-SELECT 'm', user_id, goal_id FROM paired WHERE fresh
+SELECT 'm', 1, user_id, goal_id FROM paired WHERE fresh
 UNION ALL
-SELECT 'r', n.user_id, n.goal_id FROM merged AS n
+SELECT 'r', 1, n.user_id, n.goal_id FROM merged AS n
     WHERE NOT n.fresh AND NOT (SELECT count(*) FROM updated) = (SELECT count(*) FROM merged WHERE NOT fresh)
     AND NOT EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = n.user_id AND u.goal_id = n.goal_id)
 UNION ALL
-SELECT 'C', CAST(count(*) AS text), NULL FROM completions
+SELECT 'C', count(*), NULL, NULL FROM completions
 UNION ALL
-SELECT 'e', s.user_id, s.goal_id FROM incoming AS s WHERE s.erased;
+SELECT 'e', 1, s.user_id, s.goal_id FROM incoming AS s WHERE s.erased;
