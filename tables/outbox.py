@@ -54,6 +54,13 @@ _PENDING = text(
     " WHERE d.completion_id = c.id AND d.sink = :sink)"
     " ORDER BY c.id LIMIT :limit"
 ).columns(*_COLUMNS)  # typed: SQLite's times come back as datetimes
+# Marks are serialized across sinks and replicas by one transaction lock: two sinks
+# marking the same ids at once would each count only its own uncommitted delivery row
+# (READ COMMITTED), and neither would set `published_at`. Taken before the insert, the
+# second mark's statements see the first's committed row. A mark is two short
+# statements per batch, so the wait is brief.
+MARK_LOCK_CLASS = 0x636D726B  # "cmrk"
+_MARK_LOCK = text("SELECT pg_advisory_xact_lock(:lock_class, 0)")
 _MARK = {
     "postgresql": (
         text(
@@ -96,7 +103,8 @@ async def pending(
 async def mark(
     conn: AsyncConnection, sink: str, ids: Sequence[int], sinks: Sequence[str], now: datetime
 ) -> None:
-    """`sink` accepted `ids`; those every one of `sinks` has are published."""
+    """`sink` accepted `ids`; those every one of `sinks` has are published. Call in a
+    transaction of its own: on PostgreSQL it holds the mark lock until it commits."""
     if not ids:
         return
     dialect = conn.dialect.name
@@ -110,6 +118,8 @@ async def mark(
             "sinks": orjson.dumps(list(sinks)).decode(),
         }
     params.update(sink=sink, now=now, wanted=len(sinks))
+    if dialect == "postgresql" and len(sinks) > 1:
+        await conn.execute(_MARK_LOCK, {"lock_class": MARK_LOCK_CLASS})
     await conn.execute(insert, params)
     await conn.execute(publish, params)
 

@@ -15,7 +15,7 @@ from datetime import datetime
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.completions.async_messaging import AsyncMessagingSink
 from app.completions.kafka_sink import KafkaSink
@@ -302,6 +302,43 @@ async def test_two_publishers_on_one_outbox_publish_each_completion_once(pg_engi
     assert set(counts.values()) == {1}
     assert sorted(counts, key=int) == [str(r.id) for r in await completions(pg_engine)]
     assert len(counts) == 120
+
+
+async def test_two_sinks_marking_the_same_ids_at_once_publish_them(pg_engine):
+    """Each sink marks in a transaction of its own. The second mark, run while the first
+    is still open, must see the first's delivery once it commits: else each counts only
+    its own row and no completion is ever published (both sinks have it, neither sends
+    it again)."""
+    await _complete(pg_engine, ["m1", "m2"])
+    ids = [r.id for r in await completions(pg_engine)]
+    sinks = ["log", "async-messaging"]
+    when = datetime(2026, 11, 18, 10, 1)
+    async with pg_engine.connect() as first, pg_engine.connect() as second:
+        await first.begin()
+        await outbox.mark(first, "log", ids, sinks, when)
+        await second.begin()
+        marking = asyncio.create_task(outbox.mark(second, "async-messaging", ids, sinks, when))
+        probe = await pg_engine.connect()
+        try:
+
+            async def waiting_or_done() -> bool:
+                waits = await probe.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+                return marking.done() or bool(waits)
+
+            await wait_for(waiting_or_done, 20, "the second mark waiting or done")
+        finally:
+            await probe.close()
+        await first.commit()
+        await asyncio.wait_for(marking, 20)
+        await second.commit()
+    rows = await completions(pg_engine)
+    assert len(rows) == 6 and all(r.published_at == when for r in rows)
+    assert await _drained(pg_engine)
 
 
 # ------------------------------------------------------------ the kafka sink
