@@ -348,7 +348,8 @@ smoke_tracing() {
   grpc="$(free_port)"; metrics="$(free_port)"
   log "tracing: serve with OTEL_EXPORTER_ZIPKIN_ENDPOINT=${ZIPKIN}/api/v2/spans (service ${service})"
   podman run -d --name "$name" --network=host \
-    -e AB_NAMESPACE=mygame -e GRPC_PORT="$grpc" -e METRICS_PORT="$metrics" \
+    -e AB_NAMESPACE=mygame -e DATABASE_URL=sqlite:////app/data/tracing.db \
+    -e GRPC_PORT="$grpc" -e METRICS_PORT="$metrics" \
     -e BUFFER_FLUSH_INTERVAL=100ms -e OTEL_EXPORTER_ZIPKIN_ENDPOINT="${ZIPKIN}/api/v2/spans" \
     -e OTEL_SERVICE_NAME="$service" -e OTEL_BSP_SCHEDULE_DELAY=200 "$IMAGE" >/dev/null
   CONTAINERS+=("$name")
