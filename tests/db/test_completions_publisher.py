@@ -100,7 +100,9 @@ async def test_every_completion_goes_to_every_sink_once_in_id_order(engine):
     rows = await completions(engine)
     ids = [str(r.id) for r in rows]
     logged = [orjson.loads(line) for line in _lines(stream)]
-    assert [b["id"] for b in logged] == ids == sidecar.ids()
+    assert [b["id"] for b in logged] == ids  # the log sink writes one after the other
+    assert sorted(sidecar.ids(), key=int) == ids  # each once; calls of different users overlap
+    assert sidecar.first_arrivals_by_user() == _ids_by_user(rows)
     assert all(r.published_at is not None for r in rows)
     assert {r.topic for r in sidecar.received} == {"goalCompleted"}
     assert all(r.metadata == {"userId": r.body["userId"]} for r in sidecar.received)
@@ -162,8 +164,54 @@ async def test_a_sink_that_is_down_holds_up_no_other_and_drains_when_back(engine
     finally:
         await publisher.stop()
         await sidecar.stop()
-    assert sidecar.ids() == [str(r.id) for r in await completions(engine)]
+    rows = await completions(engine)
+    assert sorted(sidecar.ids(), key=int) == [str(r.id) for r in rows]
+    assert sidecar.first_arrivals_by_user() == _ids_by_user(rows)
     assert len(_lines(stream)) == 6  # the log sink sent each once
+
+
+def _ids_by_user(rows) -> dict[str, list[int]]:
+    """Each user's completion ids in id order: the order the user's events must arrive."""
+    found: dict[str, list[int]] = {}
+    for r in sorted(rows, key=lambda r: r.id):
+        found.setdefault(r.user_id, []).append(r.id)
+    return found
+
+
+async def test_a_refusal_mid_batch_keeps_each_users_order_and_loses_nothing(engine):
+    """Calls of different users overlap; the sidecar refuses the tenth call it gets. A
+    user's next event is never sent before the sidecar accepted the one before, so every
+    user's events first arrive in id order; everything arrives; some arrive twice."""
+    users = [f"r{i}" for i in range(8)]
+    await _complete(engine, users)
+    sidecar = await SidecarStandIn().start()
+    calls = 0
+
+    def refuse_the_tenth(_request: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 10:
+            raise RuntimeError("refused once")
+
+    sidecar.on_receive = refuse_the_tenth
+    host, port = sidecar.target
+    sink = AsyncMessagingSink(host, port, "goalCompleted", timeout=2.0, in_flight=4)
+    failed = metrics.COMPLETIONS.labels("async-messaging", "failed")
+    failed_before = failed._value.get()
+    publisher = _publisher(engine, [sink], batch_size=50)
+    publisher.start()
+    try:
+        await wait_for(lambda: _drained(engine), 20, "the outbox drained after the refusal")
+    finally:
+        await publisher.stop()
+        await sidecar.stop()
+    rows = [r for r in await completions(engine) if r.user_id in users]
+    assert len(rows) == 24 and calls > 24
+    assert sorted({int(i) for i in sidecar.ids(users)}) == [r.id for r in rows]
+    assert {u: ids for u, ids in sidecar.first_arrivals_by_user().items() if u in users} == (
+        _ids_by_user(rows)
+    )
+    assert failed._value.get() == failed_before + 1
 
 
 def _lines(stream: io.StringIO) -> list[str]:

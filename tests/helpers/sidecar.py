@@ -89,6 +89,17 @@ class SidecarStandIn(pb.publisher_grpc.AsyncMessagingPublisherServiceServicer): 
         publisher sends whatever earlier tests left unpublished)."""
         return [r.id for r in self.of(users)]
 
+    def first_arrivals_by_user(self) -> dict[str, list[int]]:
+        """Each user's ids in the order they first arrived (a refused call or a resend
+        may bring an id again; consumers drop those by id)."""
+        seen: set[str] = set()
+        found: dict[str, list[int]] = {}
+        for r in self.received:
+            if r.id not in seen:
+                seen.add(r.id)
+                found.setdefault(str(r.body["userId"]), []).append(int(r.id))
+        return found
+
     def of(self, users: Collection[str] | None = None) -> list[Received]:
         if users is None:
             return list(self.received)
