@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 
 import orjson
@@ -19,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.e2e.test_gdpr import CONFIG, call_gdpr, deletion
 from tests.helpers.grpc import NAMESPACE, OK, Bridge, Server, login, server_env, stat
 from tests.helpers.kafka import (
-    ROOT,
     Record,
     create_topics,
     login_json,
@@ -27,6 +24,7 @@ from tests.helpers.kafka import (
     new_namespace,
     produce,
 )
+from tests.helpers.process import run_app as run_process_app
 
 pytestmark = pytest.mark.postgres
 
@@ -40,16 +38,7 @@ async def user_rows(engine: AsyncEngine, user: str) -> int:
 
 
 def run_app(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_process_app({**os.environ, **env}, *args)
 
 
 async def test_a_deletion_on_one_replica_holds_on_another(pg_url, pg_engine, tmp_path):

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +30,6 @@ from tables.db import make_engine
 from tests.helpers.databases import fresh_databases
 from tests.helpers.grpc import OK, SERVING, Bridge, Server, pb, server_env
 from tests.helpers.kafka import (
-    ROOT,
     Record,
     Worker,
     create_topics,
@@ -43,7 +40,7 @@ from tests.helpers.kafka import (
     produce,
     wait_for,
 )
-from tests.helpers.process import sample_value, scrape
+from tests.helpers.process import run_app, sample_value, scrape
 from tests.helpers.stream import EVERY_KIND
 from tests.helpers.times import (
     FALLBACK_METRIC,
@@ -155,15 +152,6 @@ async def check_rows(url: str, sent: list[Sent], started: datetime) -> None:
             assert moment == datetime(1970, 1, 1) + timedelta(milliseconds=s.record_ms), s
         else:  # the receipt time
             assert started - timedelta(seconds=1) <= moment <= finished, (s, moment)
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 def summary_counts(out: str) -> Counter[str]:
@@ -278,7 +266,7 @@ async def test_file_replay(database: str, config: Path, tmp_path: Path):
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(s.json(ns, i % 2 == 0) for i, s in enumerate(sent)) + b"\n")
     started = utc_now()
-    out = await asyncio.to_thread(cli, env_for(database, ns, config), "replay", str(events))
+    out = await asyncio.to_thread(run_app, env_for(database, ns, config), "replay", str(events))
     assert f"{len(sent)} applied" in out, out
     assert summary_counts(out) == expected_fallbacks(sent), out
     await check_rows(database, sent, started)
@@ -302,7 +290,9 @@ async def test_topic_replay(database: str, config: Path, tmp_path: Path, kafka_b
     started = utc_now()
     counts: Counter[str] = Counter()
     for topic in (login, stat):
-        out = await asyncio.to_thread(cli, env, "replay", "--topic", topic, "--from-offset", "0")
+        out = await asyncio.to_thread(
+            run_app, env, "replay", "--topic", topic, "--from-offset", "0"
+        )
         assert " 0 invalid" in out, out
         counts += summary_counts(out)
     assert counts == expected_fallbacks(sent)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tables.schema import user_goal_progress
 from tests.helpers.kafka import (
     BASE_TIME,
-    ROOT,
     Expected,
     Record,
     Worker,
@@ -32,6 +29,7 @@ from tests.helpers.kafka import (
     wait_for,
     write_config,
 )
+from tests.helpers.process import run_app
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -64,16 +62,7 @@ async def clear_rows(engine: AsyncEngine) -> None:
 
 
 def replay(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "replay", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_app(env, "replay", *args)
 
 
 async def test_replay_reproduces_the_live_rows_and_honours_a_time_range(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +36,7 @@ from tests.helpers.kafka import (
     wait_for,
     write_config,
 )
+from tests.helpers.process import run_app
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -260,12 +259,7 @@ async def test_produce_command_then_progress_matches_the_core_file_replay(
     env = {**worker.env, "LOG_LEVEL": "warning"}
 
     def cli(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "app", *args],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
+        return run_app(env, *args)
 
     assert "records" in cli("produce", str(events))
     await settle(kafka_bootstrap, pg_engine, ns, worker)

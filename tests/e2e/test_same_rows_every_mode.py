@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,6 @@ from tables.db import make_engine
 from tests.helpers.databases import fresh_databases
 from tests.helpers.grpc import OK, SERVING, Bridge, Server, pb, server_env
 from tests.helpers.kafka import (
-    ROOT,
     Record,
     Worker,
     create_topics,
@@ -43,6 +40,7 @@ from tests.helpers.kafka import (
     produce,
     wait_for,
 )
+from tests.helpers.process import run_app
 from tests.helpers.stream import EVERY_KIND, Stream, StreamEvent, make_stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -71,15 +69,6 @@ async def table_rows(url: str, ns: str) -> dict[tuple[str, str], dict[str, Any]]
     return out
 
 
-def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def base_env(url: str, ns: str, config: Path, bootstrap: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -95,7 +84,9 @@ async def by_file(stream: Stream, url: str, config: Path, bootstrap: str, tmp: P
     ns = new_namespace()
     events = tmp / "file.jsonl"
     events.write_bytes(b"\n".join(stream.lines(ns)) + b"\n")
-    out = await asyncio.to_thread(cli, base_env(url, ns, config, bootstrap), "replay", str(events))
+    out = await asyncio.to_thread(
+        run_app, base_env(url, ns, config, bootstrap), "replay", str(events)
+    )
     assert f"read {len(stream.events)} lines" in out and " 0 invalid" in out, out
     return ns
 
@@ -110,7 +101,7 @@ async def by_worker(
         events = tmp / f"{name}.jsonl"
         events.write_bytes(b"\n".join(stream.lines(ns)) + b"\n")
         env = base_env(url, ns, config, bootstrap)
-        await asyncio.to_thread(cli, env, "produce", str(events))
+        await asyncio.to_thread(run_app, env, "produce", str(events))
     else:
         await produce(
             bootstrap,

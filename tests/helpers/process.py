@@ -13,6 +13,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_app(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """`python -m app ARGS` to completion with exactly `env`; fails the test on a
+    non-zero exit (with the end of stderr); returns stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
