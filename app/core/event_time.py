@@ -76,25 +76,20 @@ def event_time(
     """The event time (contract §1.3): the payload's timestamp, else the Kafka record
     time, else `received`. A time out of bounds (or unreadable) is passed over like a
     missing one, and noted with why. Hot path: a parse and two comparisons."""
-    latest = bounds.latest(received)
     if timestamp:
         moment = parse_utc(timestamp) if isinstance(timestamp, str) else None
         if moment is None:
             bounds.note(unparsed_reason(timestamp) if isinstance(timestamp, str) else UNREADABLE)
-        elif moment < bounds.earliest:
-            bounds.note(TOO_OLD)
-        elif moment > latest:
-            bounds.note(TOO_NEW)
-        else:
+        elif (why := bounds.refusal(moment, received)) is None:
             return moment
+        else:
+            bounds.note(why)
     if record_ms is not None and record_ms >= 0:  # Kafka: -1 is "no timestamp"
         moment = from_epoch_ms(record_ms) if record_ms > 0 else datetime(1970, 1, 1)
         if moment is None:  # beyond what a datetime holds
             bounds.note(TOO_NEW)
-        elif moment < bounds.earliest:
-            bounds.note(TOO_OLD)
-        elif moment > latest:
-            bounds.note(TOO_NEW)
-        else:
+        elif (why := bounds.refusal(moment, received)) is None:
             return moment
+        else:
+            bounds.note(why)
     return received
