@@ -491,6 +491,25 @@ kafka_wait_ready() {
   done
 }
 
+# stop_process NAME PID PID_FILE TIMEOUT: SIGTERM, then SIGKILL after TIMEOUT seconds
+stop_process() {
+  local name="$1" pid="$2" pid_file="$3" timeout="$4"
+  log "stopping ${name} (pid ${pid})"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + timeout))
+  while kill -0 "$pid" 2>/dev/null; do
+    if (( SECONDS >= deadline )); then
+      log "${name} did not stop within ${timeout}s; SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$pid_file"
+  log "${name}: stopped"
+}
+
 kafka_down() {
   local pid
   if ! pid="$(kafka_pid)"; then
@@ -498,20 +517,7 @@ kafka_down() {
     log "kafka: not running"
     return 0
   fi
-  log "stopping kafka (pid ${pid})"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null; do
-    if (( SECONDS >= deadline )); then
-      log "kafka did not stop within ${KAFKA_STOP_TIMEOUT}s; SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.5
-      break
-    fi
-    sleep 0.2
-  done
-  rm -f "$KAFKA_PID"
-  log "kafka: stopped"
+  stop_process kafka "$pid" "$KAFKA_PID" "$KAFKA_STOP_TIMEOUT"
 }
 
 kafka_status() {
@@ -627,20 +633,7 @@ zipkin_down() {
     log "zipkin: not running"
     return 0
   fi
-  log "stopping zipkin (pid ${pid})"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + ZIPKIN_STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null; do
-    if (( SECONDS >= deadline )); then
-      log "zipkin did not stop within ${ZIPKIN_STOP_TIMEOUT}s; SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.5
-      break
-    fi
-    sleep 0.2
-  done
-  rm -f "$ZIPKIN_PID"
-  log "zipkin: stopped"
+  stop_process zipkin "$pid" "$ZIPKIN_PID" "$ZIPKIN_STOP_TIMEOUT"
 }
 
 zipkin_status() {
