@@ -35,10 +35,6 @@ _COLUMNS = (
 )
 
 
-def _completion(row: Any) -> Completion:
-    return Completion(*row)
-
-
 def _undelivered(sink: str) -> Any:
     return ~exists().where(deliveries.c.completion_id == outbox.c.id, deliveries.c.sink == sink)
 
@@ -97,7 +93,7 @@ async def pending(
 ) -> list[Completion]:
     """The next unpublished completions `sink` has not accepted, in id order."""
     rows = await conn.execute(_PENDING, {"sink": sink, "after": after, "limit": limit})
-    return [_completion(row) for row in rows]
+    return [Completion._make(row) for row in rows]
 
 
 async def mark(

@@ -9,9 +9,11 @@ acknowledgement path: progress is committed (with its outbox row) before any pub
 
 At-least-once with a stable id: a crash between a publish and its mark sends that event
 again after the restart, with the same id; consumers dedup on it. Memory is one batch per
-sink. Each loop remembers how far it got (`after`) and reads from the start again now
-and then, so a row committed late under a lower id, or re-opened by `republish`, is
-still found.
+sink. Each loop remembers how far it got and reads from where it was `late_window`
+seconds ago, so a row committed late under a lower id (its transaction began before one
+that committed first) is found within that window however busy the outbox is; every
+`rescan_every` it reads from the start, for rows re-opened by `republish` or committed
+later still.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from app.core.clock import now_utc
-from app.core.completions import Completion, encode, event_body, metadata
+from app.core.completions import Completion, encode_batch, metadata
 from app.observability import metrics, tracing
 from tables import outbox
 from tables.lease import SinkLease
@@ -37,8 +40,7 @@ from tables.lease import SinkLease
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One event as a sink sends it: the row, its JSON body, its metadata."""
 
     completion: Completion
@@ -65,8 +67,30 @@ class SinkRefused(Exception):
 
 @dataclass
 class _Cursor:
-    after: int = 0  # highest id this loop has delivered since it took the lease
-    rescanned: float = 0.0  # when it last read from the start
+    """How far a sink's loop got: the highest id it delivered since it took the lease,
+    and that mark as it moved, kept for `late_window` seconds."""
+
+    rescanned: float = field(default_factory=time.monotonic)  # when it last read from 0
+    marks: deque[tuple[float, int]] = field(default_factory=lambda: deque([(0.0, 0)]))
+
+    @property
+    def after(self) -> int:
+        return self.marks[-1][1]
+
+    def advance(self, delivered: int) -> None:
+        if delivered > self.after:
+            self.marks.append((time.monotonic(), delivered))
+
+    def reset(self) -> None:
+        self.marks = deque([(0.0, 0)])
+
+    def floor(self, window: float) -> int:
+        """The mark as it was `window` seconds ago: ids below it were all committed
+        or rolled back by then, if no flush transaction lasts longer."""
+        then = time.monotonic() - window
+        while len(self.marks) > 1 and self.marks[1][0] <= then:
+            self.marks.popleft()
+        return self.marks[0][1]
 
 
 class Publisher:
@@ -80,6 +104,7 @@ class Publisher:
         poll_interval: float = 0.5,
         standby_interval: float = 2.0,
         rescan_every: float = 10.0,
+        late_window: float = 5.0,
         max_backoff: float = 30.0,
         gauge_interval: float = 5.0,
     ):
@@ -92,6 +117,7 @@ class Publisher:
         self.poll_interval = poll_interval
         self.standby_interval = standby_interval
         self.rescan_every = rescan_every
+        self.late_window = late_window
         self.max_backoff = max_backoff
         self.gauge_interval = gauge_interval
         self._stop = asyncio.Event()
@@ -158,7 +184,7 @@ class Publisher:
                 except Exception:  # stopping while it failed
                     break
                 if more is None:  # standing by: another replica publishes to this sink
-                    cursor.after = 0
+                    cursor.reset()
                     await self._pause(self.standby_interval)
                 elif not more:
                     await self._pause(self.poll_interval)
@@ -176,13 +202,11 @@ class Publisher:
         now = now_utc()
         destination = getattr(sink, "topic", sink.name)
         with tracing.publish_span(sink.name, destination, len(batch)) as publish:
+            bodies = encode_batch(batch, now, self.rotating)
+            trace_id = publish.trace_id
             events = [
-                Outgoing(
-                    c,
-                    encode(event_body(c, now, rotating=self.rotating(c.goal_id))),
-                    metadata(c, publish.trace_id),
-                )
-                for c in batch
+                Outgoing(c, body, metadata(c, trace_id))
+                for c, body in zip(batch, bodies, strict=True)
             ]
             accepted = await self._send(sink, events)
             publish.note(accepted=accepted)
@@ -190,20 +214,17 @@ class Publisher:
             ids = [c.id for c in batch[:accepted]]
             async with self.engine.begin() as conn:
                 await outbox.mark(conn, sink.name, ids, self.names, now)
-            cursor.after = max(cursor.after, ids[-1])
+            cursor.advance(ids[-1])
         if accepted < len(batch):
             raise SinkRefused(f"{sink.name} accepted {accepted} of {len(batch)} completions")
         return len(batch) >= self.batch_size
 
     async def _read(self, sink: str, cursor: _Cursor) -> list[Completion]:
+        after = cursor.floor(self.late_window)
+        if time.monotonic() - cursor.rescanned >= self.rescan_every:
+            cursor.rescanned, after = time.monotonic(), 0
         async with self.engine.connect() as conn:
-            batch = await outbox.pending(conn, sink, after=cursor.after, limit=self.batch_size)
-            if batch or not cursor.after:
-                return batch
-            if time.monotonic() - cursor.rescanned < self.rescan_every:
-                return []
-            cursor.rescanned = time.monotonic()
-            return await outbox.pending(conn, sink, after=0, limit=self.batch_size)
+            return await outbox.pending(conn, sink, after=after, limit=self.batch_size)
 
     async def _send(self, sink: Sink, events: list[Outgoing]) -> int:
         try:
