@@ -433,8 +433,13 @@ async def workers(
     group = f"kbench-{uuid.uuid4().hex[:8]}"
     ns = f"kb{uuid.uuid4().hex[:8]}"  # this run's own topics, empty until all are ready
     topics = Topics(ns, group)
-    await ensure_topics(
-        stream.bootstrap, {topics.login: stream.partitions, topics.stat: stream.partitions}
+    await ensure_topics(  # the completion topic too: measured from the first event on
+        stream.bootstrap,
+        {
+            topics.login: stream.partitions,
+            topics.stat: stream.partitions,
+            f"{ns}.challenge.v1.goalCompleted": stream.partitions,
+        },
     )
     events = stream.make(ns)
     env = {**base_env, "KAFKA_CONSUMER_GROUP": group, "AB_NAMESPACE": ns}

@@ -3,14 +3,14 @@
 
 Each event is one `PublishMessage` call (body = the JSON event, topic = COMPLETION_TOPIC,
 metadata = userId and, when traced, traceId); the proto has no batch call. Up to
-`in_flight` calls run at once, for different users: a user's next event is sent only
-once the sidecar accepted the one before, so one user's events reach the sidecar in id
-order. A grpc.aio call costs less CPU when several share the event loop's wake-ups (about
-half at 32 in flight than one at a time, docs/performance.md). After the first refusal
-nothing more is started; the batch counts as accepted up to its first refused event and
-the publisher retries from there (events of other users already accepted after it are
-sent again, with the same ids). The channel reconnects by itself when the sidecar comes
-back.
+`in_flight` callers run at once, each taking the next user's events and sending them one
+after the other, so a user's next event is sent only once the sidecar accepted the one
+before, and one user's events reach the sidecar in id order. A grpc.aio call costs less
+CPU when several share the event loop's wake-ups (about half at 32 in flight than one at
+a time, docs/performance.md). After the first refusal nothing more is started; the batch
+counts as accepted up to its first refused event and the publisher retries from there
+(events of other users already accepted after it are sent again, with the same ids).
+The channel reconnects by itself when the sidecar comes back.
 """
 
 from __future__ import annotations
@@ -55,43 +55,45 @@ class AsyncMessagingSink:
         publish = self._publish
         assert publish is not None
         request_type = self._pb.publisher_pb2.PublishMessageRequest
-        slots = asyncio.Semaphore(self.in_flight)
-        refused = asyncio.Event()
+        by_user: dict[str, list[int]] = {}  # each user's events, in id order
+        for index, event in enumerate(events):
+            by_user.setdefault(event.completion.user_id, []).append(index)
+        users = iter(by_user.values())
+        accepted = [False] * len(events)
+        refused = False
 
-        async def one(event: Outgoing, before: asyncio.Task[bool] | None) -> bool:
-            if before is not None and not await before:
-                return False  # the user's previous event was refused: keep the order
-            async with slots:
-                if refused.is_set():
-                    return False
-                request = request_type(
-                    body=event.body.decode(), topic=self.topic, metadata=event.metadata
-                )
-                try:
-                    await publish(request, timeout=self.timeout)
-                except grpc.aio.AioRpcError as exc:
-                    refused.set()
-                    log.debug(
-                        "sidecar refused a completion",
-                        extra={"code": exc.code().name, "completion_id": event.completion.id},
+        async def caller() -> None:
+            """Sends one user's events at a time, each after the one before was accepted."""
+            nonlocal refused
+            for indexes in users:
+                for index in indexes:
+                    if refused:
+                        return
+                    event = events[index]
+                    request = request_type(
+                        body=event.body.decode(), topic=self.topic, metadata=event.metadata
                     )
-                    return False
-                return True
+                    try:
+                        await publish(request, timeout=self.timeout)
+                    except grpc.aio.AioRpcError as exc:
+                        refused = True
+                        log.debug(
+                            "sidecar refused a completion",
+                            extra={"code": exc.code().name, "completion_id": event.completion.id},
+                        )
+                        return
+                    accepted[index] = True
 
-        latest: dict[str, asyncio.Task[bool]] = {}  # each user's last call so far
-        calls = []
-        for event in events:
-            user = event.completion.user_id
-            call = asyncio.ensure_future(one(event, latest.get(user)))
-            latest[user] = call
-            calls.append(call)
+        callers = [
+            asyncio.ensure_future(caller()) for _ in range(min(self.in_flight, len(by_user)))
+        ]
         try:
-            outcomes = await asyncio.gather(*calls)
+            await asyncio.gather(*callers)
         except BaseException:
-            for call in calls:
+            for call in callers:
                 call.cancel()
             raise
-        return outcomes.index(False) if False in outcomes else len(outcomes)
+        return accepted.index(False) if False in accepted else len(events)
 
     async def close(self) -> None:
         channel, self._channel, self._publish = self._channel, None, None

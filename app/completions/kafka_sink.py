@@ -1,23 +1,41 @@
 """The `kafka` sink: COMPLETION_KAFKA_TOPIC on the worker's brokers, keyed by user id.
 
 An idempotent producer (acks=all): a retry inside the producer never writes an event
-twice, and one user's events (one key, one partition) stay in order. A batch is sent
-whole, then awaited; what the brokers acknowledged counts, up to the first failure.
+twice, and one user's events (one key, one partition) stay in order. A publisher batch
+becomes one record batch per partition, filled in id order (aiokafka's batch API: a
+record per event costs a future and an accumulator pass with `send`, about half the
+publisher's CPU), with the partition chosen as `send` would choose it, the murmur2 hash
+of the key. Then every record batch is awaited; the events count as accepted up to the
+first one whose record batch failed (later ones of other partitions that did arrive are
+sent again with the same ids).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from tables.publisher import Outgoing
 
 log = logging.getLogger(__name__)
 
 NAME = "kafka"
+MAX_BATCH_BYTES = 512 * 1024  # under the broker's default 1 MiB message.max.bytes
+
+
+@functools.lru_cache(maxsize=65_536)
+def key_hash(key: bytes) -> int:
+    """The partitioning hash of a key, as aiokafka's (and Java's) default partitioner
+    takes it: the partition is this modulo the partition count. Cached: murmur2 is pure
+    Python, and a user who completes one goal tends to complete more."""
+    return int(murmur2(key)) & 0x7FFFFFFF
 
 
 class KafkaSink:
@@ -37,6 +55,7 @@ class KafkaSink:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
+            max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=int(self.timeout * 1000),
         )
         try:
@@ -48,25 +67,54 @@ class KafkaSink:
 
     async def send(self, events: Sequence[Outgoing]) -> int:
         await self.start()
+        producer = self._producer
+        assert producer is not None
+        partitions = sorted(await producer.partitions_for(self.topic))
+        sent: list[tuple[int, asyncio.Future[object]]] = []  # (first event, its batch)
+        filling: dict[int, tuple[int, BatchBuilder]] = {}  # partition -> (first event, batch)
+        taken = len(events)
+        for index, event in enumerate(events):
+            key = event.completion.user_id.encode()
+            partition = partitions[key_hash(key) % len(partitions)]
+            headers = [(name, value.encode()) for name, value in event.metadata.items()]
+            first, batch = filling.get(partition) or (index, producer.create_batch())
+            if batch.append(key=key, value=event.body, timestamp=None, headers=headers) is None:
+                sent.append((first, await self._send_batch(batch, partition)))
+                first, batch = index, producer.create_batch()
+                if batch.append(key=key, value=event.body, timestamp=None, headers=headers) is None:
+                    log.error(
+                        "completion larger than a record batch",
+                        extra={"completion_id": event.completion.id},
+                    )
+                    taken = index  # sent up to here; it is retried (and refused) again
+                    break
+            filling[partition] = (first, batch)
+        for partition, (first, batch) in filling.items():
+            sent.append((first, await self._send_batch(batch, partition)))
+        return await self._accepted(sent, before=taken)
+
+    async def _send_batch(self, batch: BatchBuilder, partition: int) -> asyncio.Future[object]:
         assert self._producer is not None
-        pending = []
-        for event in events:
-            headers = [(key, value.encode()) for key, value in event.metadata.items()]
-            pending.append(
-                await self._producer.send(
-                    self.topic,
-                    event.body,
-                    key=event.completion.user_id.encode(),
-                    headers=headers,
-                )
-            )
-        outcomes = await asyncio.gather(*pending, return_exceptions=True)
-        for accepted, outcome in enumerate(outcomes):
-            if isinstance(outcome, BaseException):
-                log.debug("kafka refused a completion", extra={"error": str(outcome)[:300]})
-                await self.close()  # a fresh producer for the retry
-                return accepted
-        return len(events)
+        return cast(
+            "asyncio.Future[object]",
+            await self._producer.send_batch(batch, self.topic, partition=partition),
+        )
+
+    async def _accepted(self, sent: list[tuple[int, asyncio.Future[object]]], before: int) -> int:
+        """How many leading events the brokers have: up to the first event of the first
+        record batch that failed (at most `before`)."""
+        outcomes = await asyncio.gather(*(done for _, done in sent), return_exceptions=True)
+        failed = [
+            first
+            for (first, _), outcome in zip(sent, outcomes, strict=True)
+            if isinstance(outcome, BaseException)
+        ]
+        if failed:
+            error = next(o for o in outcomes if isinstance(o, BaseException))
+            log.debug("kafka refused a completion batch", extra={"error": str(error)[:300]})
+            await self.close()  # a fresh producer for the retry
+            return min(failed)
+        return before
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None

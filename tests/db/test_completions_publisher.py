@@ -15,13 +15,15 @@ from datetime import datetime
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import func, select, text
 
 from app.completions.async_messaging import AsyncMessagingSink
-from app.completions.kafka_sink import KafkaSink
+from app.completions.kafka_sink import MAX_BATCH_BYTES, KafkaSink
 from app.completions.log_sink import LogSink
 from app.core.challenges import parse_config
 from app.core.settings import async_database_url
+from app.kafka.admin import ensure_topics
 from app.observability import metrics
 from tables import outbox
 from tables.db import make_engine
@@ -352,6 +354,54 @@ async def test_two_publishers_on_one_outbox_publish_each_completion_once(pg_engi
     assert len(counts) == 120
 
 
+async def test_an_id_committed_late_is_published_while_the_outbox_keeps_filling(pg_engine):
+    """A flush that began first commits last: its completion's id is below ids already
+    published. It goes out within the late-commit window while new completions keep
+    arriving (no full rescan: that one is set to an hour), and nothing is sent twice."""
+    sidecar = await SidecarStandIn().start()
+    publisher = _publisher(
+        pg_engine, [_sink(sidecar)], batch_size=5, rescan_every=3600, late_window=0.5
+    )
+    busy = asyncio.Event()
+
+    async def keep_completing() -> None:
+        wave = 0
+        while not busy.is_set():
+            await _complete(pg_engine, [f"busy-{wave}"])
+            wave += 1
+
+    publisher.start()
+    filling = asyncio.create_task(keep_completing())
+    try:
+        async with pg_engine.connect() as late:
+            late_id = (
+                await late.execute(
+                    text(
+                        "INSERT INTO challenge_goal_completions"
+                        " (namespace, user_id, challenge_id, goal_id, completed_at)"
+                        " VALUES ('mygame', 'late', 'season', 'win-3', now()) RETURNING id"
+                    )
+                )
+            ).scalar_one()
+
+            async def passed() -> bool:
+                return any(int(i) > late_id for i in sidecar.ids())
+
+            await wait_for(passed, 20, "ids above the open transaction's published")
+            await late.commit()
+
+        async def sent() -> bool:
+            return str(late_id) in sidecar.ids()
+
+        await wait_for(sent, 20, "the late id sent")
+    finally:
+        busy.set()
+        await filling
+        await publisher.stop()
+        await sidecar.stop()
+    assert set(Counter(sidecar.ids()).values()) == {1}
+
+
 async def test_two_sinks_marking_the_same_ids_at_once_publish_them(pg_engine):
     """Each sink marks in a transaction of its own. The second mark, run while the first
     is still open, must see the first's delivery once it commits: else each counts only
@@ -426,3 +476,52 @@ async def test_the_kafka_sink_writes_keyed_events_to_the_real_broker(pg_engine, 
     for body in bodies:
         per_user.setdefault(body["userId"], []).append(int(body["id"]))
     assert all(ids == sorted(ids) for ids in per_user.values())  # in order per user
+
+
+async def _consume(servers: list[str], topic: str, count: int) -> list:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=servers, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        records: list = []
+        while len(records) < count:
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
+            for found in batch.values():
+                records.extend(found)
+        return records
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.kafka
+async def test_the_kafka_sink_partitions_by_key_as_a_plain_send_would_across_record_batches(
+    pg_engine, kafka_bootstrap
+):
+    """One publish larger than a record batch: every event lands in the partition
+    aiokafka's (and Java's) default partitioner gives its key, once, in id order per user."""
+    topic = f"mygame.challenge.v1.goalCompleted.{uuid.uuid4().hex[:8]}"
+    servers = kafka_bootstrap.split(",")
+    await ensure_topics(kafka_bootstrap, {topic: 3})
+    users = [f"player-{i:04d}-" + "x" * 80 for i in range(500)]  # 1,500 events, > 512 KiB
+    await _complete(pg_engine, users)
+    publisher = _publisher(pg_engine, [KafkaSink(servers, topic)], batch_size=2000)
+    publisher.start()
+    try:
+        await wait_for(lambda: _drained(pg_engine), 60, "the outbox published to Kafka")
+    finally:
+        await publisher.stop()
+    records = await _consume(servers, topic, 3 * len(users))
+    assert sum(len(r.value) for r in records) > MAX_BATCH_BYTES  # more than one record batch
+    bodies = [orjson.loads(r.value) for r in records]
+    assert sorted(int(b["id"]) for b in bodies) == sorted(
+        int(r.id) for r in await completions(pg_engine)
+    )
+    partitioner = DefaultPartitioner()
+    for record in records:
+        assert record.partition == partitioner(record.key, [0, 1, 2], [0, 1, 2])
+    assert {r.partition for r in records} == {0, 1, 2}
+    per_user: dict[str, list[int]] = {}
+    for body in bodies:
+        per_user.setdefault(body["userId"], []).append(int(body["id"]))
+    assert all(ids == sorted(ids) for ids in per_user.values())
