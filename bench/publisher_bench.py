@@ -3,13 +3,14 @@
 Seeds N completions into the outbox of a fresh PostgreSQL database, then runs the
 service's own Publisher (tables/publisher.py) with one sink until the outbox is drained,
 and reports the CPU time of this process per completion (what the publisher adds to the
-process it shares with the service) and the drain rate. The sink's other end runs in a
+process it shares with the service) and the drain rate; `SINK+relay` runs the sink's
+calls in a process of their own (COMPLETION_SENDER=process), whose CPU is reported apart. The sink's other end runs in a
 separate process, as it does in production: for `async-messaging` the sidecar stand-in
 (tests/helpers/sidecar.py, a gRPC server on the sidecar's real proto), for `kafka` the
 real broker. Configurations are alternated run by run; medians are reported.
 
     .venv/bin/python bench/publisher_bench.py --database-url postgresql://postgres:postgres@127.0.0.1:5432/postgres \
-        --bootstrap 127.0.0.1:9092 --sinks async-messaging,kafka --completions 20000 --repeat 3
+        --bootstrap 127.0.0.1:9092 --completions 20000 --repeat 3
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import asyncpg  # noqa: E402
 
 from app.completions.async_messaging import AsyncMessagingSink  # noqa: E402
 from app.completions.kafka_sink import KafkaSink  # noqa: E402
+from app.completions.relay import RelayedSink  # noqa: E402
 from app.core.settings import async_database_url  # noqa: E402
 from tables.db import make_engine  # noqa: E402
 from tables.migrate import upgrade_async  # noqa: E402
@@ -90,20 +92,38 @@ async def one_run(url: str, sink: Sink, completions: int, batch_size: int) -> di
         ):
             await asyncio.sleep(0.1)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        relay_cpu = _cpu_of(getattr(sink, "pid", None))
         await publisher.stop()
         await engine.dispose()
     finally:
         await conn.close()
-    return {
+    found = {
         "cpu_us_per_completion": round(cpu / completions * 1e6, 1),
         "completions_per_s": round(completions / wall),
     }
+    if relay_cpu is not None:
+        found["relay_cpu_us_per_completion"] = round(relay_cpu / completions * 1e6, 1)
+    return found
+
+
+def _cpu_of(pid: int | None) -> float | None:
+    """User + system CPU seconds of a running process (the relay), from /proc."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_sink(name: str, args: argparse.Namespace, port: int) -> Sink:
-    if name == "async-messaging":
-        return AsyncMessagingSink("127.0.0.1", port, "goalCompleted")
-    return KafkaSink([args.bootstrap], "bench.goalCompleted")
+    """`name`: a sink, `+relay` for it in a process of its own (COMPLETION_SENDER=process)."""
+    sink, _, relayed = name.partition("+")
+    if sink == "async-messaging":
+        spec = {"sink": sink, "host": "127.0.0.1", "port": port, "topic": "goalCompleted"}
+        inline: Sink = AsyncMessagingSink("127.0.0.1", port, "goalCompleted")
+    else:
+        spec = {"sink": sink, "servers": [args.bootstrap], "topic": "bench.goalCompleted"}
+        inline = KafkaSink([args.bootstrap], "bench.goalCompleted")
+    return RelayedSink({**spec, "timeout": 30.0}) if relayed else inline
 
 
 async def main_async(args: argparse.Namespace, port: int) -> dict[str, Any]:
@@ -129,7 +149,9 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--database", default="bench_publisher")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
-    parser.add_argument("--sinks", default="async-messaging,kafka")
+    parser.add_argument(
+        "--sinks", default="async-messaging,async-messaging+relay,kafka,kafka+relay"
+    )
     parser.add_argument("--completions", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)

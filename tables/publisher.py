@@ -41,9 +41,11 @@ log = logging.getLogger(__name__)
 
 
 class Outgoing(NamedTuple):
-    """One event as a sink sends it: the row, its JSON body, its metadata."""
+    """One event as a sink sends it: its id, the user (the key), its JSON body, its
+    metadata. Plain values: a sink may run in a process of its own (app/completions/relay.py)."""
 
-    completion: Completion
+    id: int
+    user_id: str
     body: bytes
     metadata: dict[str, str]
 
@@ -137,9 +139,9 @@ class Publisher:
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
-        for sink in self.sinks:
+        for sink in self.sinks:  # bounded: a Kafka producer flushes to brokers maybe down
             with contextlib.suppress(Exception):
-                await sink.close()
+                await asyncio.wait_for(sink.close(), timeout)
 
     async def _run(self) -> None:
         loops = [self._sink_loop(sink) for sink in self.sinks]
@@ -205,7 +207,7 @@ class Publisher:
             bodies = encode_batch(batch, now, self.rotating)
             trace_id = publish.trace_id
             events = [
-                Outgoing(c, body, metadata(c, trace_id))
+                Outgoing(c.id, c.user_id, body, metadata(c, trace_id))
                 for c, body in zip(batch, bodies, strict=True)
             ]
             accepted = await self._send(sink, events)

@@ -27,13 +27,14 @@ from tables.publisher import Outgoing
 log = logging.getLogger(__name__)
 
 NAME = "async-messaging"
+TIMEOUT = 5.0  # seconds a call may take
 
 
 class AsyncMessagingSink:
     name = NAME
 
     def __init__(
-        self, host: str, port: int, topic: str, *, timeout: float = 5.0, in_flight: int = 32
+        self, host: str, port: int, topic: str, *, timeout: float = TIMEOUT, in_flight: int = 32
     ):
         self.target = f"{host}:{port}"
         self.topic = topic
@@ -57,7 +58,7 @@ class AsyncMessagingSink:
         request_type = self._pb.publisher_pb2.PublishMessageRequest
         by_user: dict[str, list[int]] = {}  # each user's events, in id order
         for index, event in enumerate(events):
-            by_user.setdefault(event.completion.user_id, []).append(index)
+            by_user.setdefault(event.user_id, []).append(index)
         users = iter(by_user.values())
         accepted = [False] * len(events)
         refused = False
@@ -79,7 +80,7 @@ class AsyncMessagingSink:
                         refused = True
                         log.debug(
                             "sidecar refused a completion",
-                            extra={"code": exc.code().name, "completion_id": event.completion.id},
+                            extra={"code": exc.code().name, "completion_id": event.id},
                         )
                         return
                     accepted[index] = True

@@ -7,12 +7,14 @@ or a slow outbox read never takes a connection a flush needs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from app.completions.async_messaging import NAME as ASYNC_MESSAGING
-from app.completions.async_messaging import AsyncMessagingSink
+from app.completions.async_messaging import TIMEOUT as AM_TIMEOUT
 from app.completions.kafka_sink import NAME as KAFKA
-from app.completions.kafka_sink import KafkaSink
+from app.completions.kafka_sink import TIMEOUT as KAFKA_TIMEOUT
 from app.completions.log_sink import LogSink
+from app.completions.relay import RelayedSink, build
 from app.core.challenges import ChallengeConfig
 from app.core.settings import Settings
 from tables.db import make_engine
@@ -23,17 +25,29 @@ def build_sinks(settings: Settings) -> list[Sink]:
     sinks: list[Sink] = []
     for name in settings.completion_sinks:
         if name == ASYNC_MESSAGING:
-            sinks.append(
-                AsyncMessagingSink(
-                    settings.async_messaging_host,
-                    settings.async_messaging_port,
-                    settings.completion_topic,
-                )
-            )
+            spec: dict[str, Any] = {
+                "sink": name,
+                "host": settings.async_messaging_host,
+                "port": settings.async_messaging_port,
+                "topic": settings.completion_topic,
+                "timeout": AM_TIMEOUT,
+            }
         elif name == KAFKA:
-            sinks.append(KafkaSink(settings.kafka_bootstrap_list, settings.completion_kafka_topic))
+            spec = {
+                "sink": name,
+                "servers": settings.kafka_bootstrap_list,
+                "topic": settings.completion_kafka_topic,
+                "timeout": KAFKA_TIMEOUT,
+            }
         else:
             sinks.append(LogSink())
+            continue
+        if settings.completion_sender == "process":
+            sinks.append(
+                RelayedSink(spec, log_level=settings.log_level, log_format=settings.log_format)
+            )
+        else:
+            sinks.append(build(spec))
     return sinks
 
 

@@ -54,6 +54,11 @@ SUPERVISED_ENV = "CHALLENGE_GRPC_SUPERVISED"  # set by the GRPC_WORKERS supervis
 _DB_PARTS = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLMODE")
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 COMPLETION_SINKS = ("async-messaging", "kafka", "log")
+SENDER_DOC = (
+    "where the async-messaging and kafka sinks make their calls: process (a process per sink, "
+    "off the event loop that acknowledges events) or inline (in the service: one process "
+    "fewer, for a container with one CPU)"
+)
 
 DURATIONS = "`100ms`, `1s`, `1.5s`, `2m`, `1h`, `400d` or bare seconds"
 
@@ -255,6 +260,9 @@ class Settings:
         "COMPLETION_KAFKA_TOPIC", "{AB_NAMESPACE}.challenge.v1.goalCompleted", text,
         "Kafka topic of goal-completed events (`{AB_NAMESPACE}` is replaced)", group="completions",
     )  # fmt: skip
+    completion_sender: str = setting(
+        "COMPLETION_SENDER", "process", choice("process", "inline"), SENDER_DOC, group="completions"
+    )
     completion_batch_size: int = setting(
         "COMPLETION_BATCH_SIZE", "500", positive_int,
         "completions a publisher reads and sends at a time", group="completions",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import uuid
 from collections import Counter
 from datetime import datetime
@@ -21,6 +23,7 @@ from sqlalchemy import func, select, text
 from app.completions.async_messaging import AsyncMessagingSink
 from app.completions.kafka_sink import MAX_BATCH_BYTES, KafkaSink
 from app.completions.log_sink import LogSink
+from app.completions.relay import RelayedSink
 from app.core.challenges import parse_config
 from app.core.settings import async_database_url
 from app.kafka.admin import ensure_topics
@@ -214,6 +217,48 @@ async def test_a_refusal_mid_batch_keeps_each_users_order_and_loses_nothing(engi
         _ids_by_user(rows)
     )
     assert failed._value.get() == failed_before + 1
+
+
+async def test_a_relay_killed_mid_batch_is_started_again_and_loses_nothing(engine):
+    """COMPLETION_SENDER=process: the sink's calls run in a child process. Killed with -9
+    while its calls are in flight, that batch fails (counted), the next is sent by a
+    fresh child, and every completion of these hostile ids arrives exactly as stored,
+    each user's in id order."""
+    users = ['q"uote\\', "emoji-😀-中文", "line\u2028sep", "x" * 100, "plain"]
+    await _complete(engine, users)
+    sidecar = await SidecarStandIn().start()
+    host, port = sidecar.target
+    sink = RelayedSink(
+        {"sink": "async-messaging", "host": host, "port": port, "topic": "goalCompleted",
+         "timeout": 2.0}
+    )  # fmt: skip
+    killed: list[int] = []
+
+    def kill_the_relay_on_the_fifth(_request: object) -> None:
+        if len(sidecar.received) == 5 and sink.pid is not None:
+            killed.append(sink.pid)
+            os.kill(sink.pid, signal.SIGKILL)
+
+    sidecar.on_receive = kill_the_relay_on_the_fifth
+    failed = metrics.COMPLETIONS.labels("async-messaging", "failed")
+    failed_before = failed._value.get()
+    publisher = _publisher(engine, [sink], batch_size=50)
+    publisher.start()
+    try:
+        await wait_for(lambda: _drained(engine), 30, "the outbox drained after the kill")
+        assert killed and sink.pid not in (None, killed[0])  # a fresh relay finished it
+    finally:
+        await publisher.stop()
+        await sidecar.stop()
+    assert sink.pid is None  # stopped with the publisher
+    rows = [r for r in await completions(engine) if r.user_id in users]
+    assert len(rows) == 15
+    assert sorted({int(i) for i in sidecar.ids(users)}) == [r.id for r in rows]
+    assert {u: ids for u, ids in sidecar.first_arrivals_by_user().items() if u in users} == (
+        _ids_by_user(rows)
+    )
+    assert {r.body["userId"] for r in sidecar.of(users)} == set(users)
+    assert failed._value.get() >= failed_before + 1
 
 
 def _lines(stream: io.StringIO) -> list[str]:

@@ -24,6 +24,7 @@ from tables.db import make_engine
 from tests.helpers.grpc import OK, Bridge, Server, codes, login, server_env, stat, users
 from tests.helpers.grpc import write_config as write_grpc_config
 from tests.helpers.kafka import wait_for
+from tests.helpers.process import alive, children_of
 from tests.helpers.sidecar import SidecarStandIn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -118,11 +119,13 @@ async def test_killed_after_publish_before_mark_the_event_is_sent_again_with_its
     server = servers(env)
     await server.wait_health()
     killed: list[str] = []
+    relays: list[int] = []
     people = users(5)
 
     def kill_on_first(request) -> None:
         if not killed and server.proc is not None and sidecar.of(people):
             killed.append(request.body)
+            relays.extend(children_of(server.proc.pid))  # the sink's calls (COMPLETION_SENDER)
             os.kill(server.proc.pid, signal.SIGKILL)  # published, not yet marked
 
     sidecar.on_receive = kill_on_first
@@ -137,6 +140,12 @@ async def test_killed_after_publish_before_mark_the_event_is_sent_again_with_its
 
         await wait_for(died, 30, "the stand-in's kill")
         assert killed
+        assert relays  # the calls ran in a process of their own, and it died with serve
+
+        async def relays_gone() -> bool:
+            return not any(alive(pid) for pid in relays)
+
+        await wait_for(relays_gone, 10, "the relay process dying with serve")
         first = sidecar.of(people)[0]
         # sent before the kill: published (calls overlap: maybe several), none marked
         sent_before_kill = set(sidecar.ids(people))
