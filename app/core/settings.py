@@ -55,9 +55,9 @@ _DB_PARTS = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLM
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 COMPLETION_SINKS = ("async-messaging", "kafka", "log")
 SENDER_DOC = (
-    "where the async-messaging and kafka sinks make their calls: process (a process per sink, "
-    "off the event loop that acknowledges events) or inline (in the service: one process "
-    "fewer, for a container with one CPU)"
+    "where the async-messaging and kafka sinks make their calls: inline (in the service's "
+    "process) or process (a child process per sink, off the event loop that acknowledges "
+    "events: for a container with two CPUs or more)"
 )
 
 DURATIONS = "`100ms`, `1s`, `1.5s`, `2m`, `1h`, `400d` or bare seconds"
@@ -261,7 +261,7 @@ class Settings:
         "Kafka topic of goal-completed events (`{AB_NAMESPACE}` is replaced)", group="completions",
     )  # fmt: skip
     completion_sender: str = setting(
-        "COMPLETION_SENDER", "process", choice("process", "inline"), SENDER_DOC, group="completions"
+        "COMPLETION_SENDER", "inline", choice("inline", "process"), SENDER_DOC, group="completions"
     )
     completion_batch_size: int = setting(
         "COMPLETION_BATCH_SIZE", "500", positive_int,

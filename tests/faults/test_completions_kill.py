@@ -61,7 +61,9 @@ def servers(tmp_path: Path):
         server.stop_quietly()
 
 
-def _env(pg_url: str, tmp_path: Path, sidecar: SidecarStandIn) -> dict[str, str]:
+def _env(
+    pg_url: str, tmp_path: Path, sidecar: SidecarStandIn, sender: str = "inline"
+) -> dict[str, str]:
     host, port = sidecar.target
     return server_env(
         pg_url,
@@ -70,6 +72,7 @@ def _env(pg_url: str, tmp_path: Path, sidecar: SidecarStandIn) -> dict[str, str]
         ASYNC_MESSAGING_PUBLISHER_GRPC_HOST=host,
         ASYNC_MESSAGING_PUBLISHER_GRPC_PORT=str(port),
         COMPLETION_POLL_INTERVAL="100ms",
+        COMPLETION_SENDER=sender,
     )
 
 
@@ -115,7 +118,7 @@ async def test_killed_after_publish_before_mark_the_event_is_sent_again_with_its
     pg_url: str, tmp_path: Path, servers
 ):
     sidecar = await SidecarStandIn().start()
-    env = _env(pg_url, tmp_path, sidecar)
+    env = _env(pg_url, tmp_path, sidecar, sender="process")  # the calls in a child process
     server = servers(env)
     await server.wait_health()
     killed: list[str] = []
