@@ -37,6 +37,7 @@ from app.completions.async_messaging import AsyncMessagingSink  # noqa: E402
 from app.completions.kafka_sink import KafkaSink  # noqa: E402
 from app.completions.relay import RelayedSink  # noqa: E402
 from app.core.settings import async_database_url  # noqa: E402
+from bench.kafka_bench import git_commit  # noqa: E402
 from tables.db import make_engine  # noqa: E402
 from tables.migrate import upgrade_async  # noqa: E402
 from tables.publisher import Publisher, Sink  # noqa: E402
@@ -171,17 +172,10 @@ def main() -> None:
     finally:
         sidecar.kill()
         sidecar.wait()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     record = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "commit": commit,
+        "commit": git_commit(ROOT),
         "command": " ".join(sys.argv),
         "completions": args.completions,
         "batch": args.batch,
