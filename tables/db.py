@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,11 @@ _RETRY_SQLSTATE_PREFIXES = ("40", "55P03", "57014")
 OUTAGE, RETRY, DATA = "outage", "retry", "data"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(
+    url: str, *, pool_size: int = 10, planner: Mapping[str, str] | None = None
+) -> AsyncEngine:
+    """`planner`: PostgreSQL planner settings for this engine's sessions (the outbox
+    publisher's, tables/outbox.py)."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
@@ -48,7 +53,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # flush as an outage, is invalidated, and the retry takes a fresh one.
         pool_timeout=30,
         connect_args={
-            "server_settings": {"timezone": "UTC", "jit": "off"},
+            "server_settings": {"timezone": "UTC", "jit": "off", **(planner or {})},
             "timeout": 10,
             "command_timeout": 60,
         },

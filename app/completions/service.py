@@ -17,6 +17,7 @@ from app.completions.log_sink import LogSink
 from app.completions.relay import RelayedSink, build
 from app.core.challenges import ChallengeConfig
 from app.core.settings import Settings
+from tables import outbox
 from tables.db import make_engine
 from tables.publisher import Publisher, Sink
 
@@ -76,7 +77,9 @@ class CompletionPublishing:
             return
         settings = self.settings
         # per sink: its lease session and a connection for reads and marks; one for gauges
-        engine = make_engine(settings.database_url, pool_size=2 * len(sinks) + 1)
+        engine = make_engine(
+            settings.database_url, pool_size=2 * len(sinks) + 1, planner=outbox.PLANNER
+        )
         self.publisher = Publisher(
             engine,
             sinks,
