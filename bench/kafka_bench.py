@@ -390,6 +390,16 @@ def git_commit(root: Path) -> str:
     return found.stdout.strip() or "unknown"
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine spent busy (all cores: the workers, PostgreSQL, the
+    broker, this script, anything else), from /proc/stat. Per event over the window after
+    producing, it is what a configuration costs the host, steadier than events/s on a
+    shared one."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     import socket  # noqa: PLC0415  (bench script helper)
 
@@ -465,6 +475,7 @@ async def workers(
         ready_at = time.perf_counter() - started
         await produce(stream.bootstrap, topics, events)
         produced_at = time.perf_counter() - started
+        busy_at_produced, busy = machine_cpu(), 0.0
         left_at_produced = total - await applied(engine, group, topics)
         while True:
             now = time.perf_counter() - started
@@ -476,6 +487,7 @@ async def workers(
                 killed_at = now
                 procs[0] = start_worker(envs[0], ports[0], logdir / f"{name}-0.log")
             if done >= total:
+                busy = machine_cpu() - busy_at_produced
                 if "COMPLETION_SINKS" in base_env:  # the workers still run: they publish
                     completions = await completion_stats(
                         engine, stream.bootstrap, f"{ns}.challenge.v1.goalCompleted"
@@ -509,6 +521,9 @@ async def workers(
         "left_when_produced": left_at_produced,
         "window_after_produce_s": round(settled, 3),
         "events_per_s": round(left_at_produced / settled) if settled > 0 else None,
+        "machine_cpu_us_per_event": round(busy / left_at_produced * 1e6, 1)
+        if left_at_produced
+        else None,
         "killed_at_s": killed_at,
         "check": check,
         "completions": completions,
@@ -699,7 +714,9 @@ async def main() -> None:
                 if result.get("completions"):
                     done_ = result["completions"]
                     exact += f"  completions {done_['written']} p99 lag {done_['lag_ms']['p99']} ms"
-                print(f"{label:28s} {result['events_per_s']:>9,} events/s{exact}", flush=True)
+                cpu = result.get("machine_cpu_us_per_event")
+                host = f"  machine {cpu} µs CPU per event" if cpu else ""
+                print(f"{label:28s} {result['events_per_s']:>9,} events/s{host}{exact}", flush=True)
         for label, done in every.items():
             ranked = sorted(done, key=lambda r: r["events_per_s"])
             results["runs"][label] = {

@@ -37,7 +37,7 @@ from app.completions.async_messaging import AsyncMessagingSink  # noqa: E402
 from app.completions.kafka_sink import KafkaSink  # noqa: E402
 from app.completions.relay import RelayedSink  # noqa: E402
 from app.core.settings import async_database_url  # noqa: E402
-from bench.kafka_bench import git_commit  # noqa: E402
+from bench.kafka_bench import git_commit, machine_cpu  # noqa: E402
 from tables import outbox  # noqa: E402
 from tables.db import make_engine  # noqa: E402
 from tables.migrate import upgrade_async  # noqa: E402
@@ -87,14 +87,14 @@ async def one_run(url: str, sink: Sink, completions: int, batch_size: int) -> di
         publisher = Publisher(
             engine, [sink], rotating=lambda _goal: False, batch_size=batch_size, poll_interval=0.05
         )
-        cpu, wall, machine = time.process_time(), time.perf_counter(), _machine_cpu()
+        cpu, wall, machine = time.process_time(), time.perf_counter(), machine_cpu()
         publisher.start()
         while await conn.fetchval(  # noqa: ASYNC110 - the outbox is in another process's view
             "SELECT count(*) FROM challenge_goal_completions WHERE published_at IS NULL"
         ):
             await asyncio.sleep(0.1)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        machine = _machine_cpu() - machine
+        machine = machine_cpu() - machine
         relay_cpu = _cpu_of(getattr(sink, "pid", None))
         await publisher.stop()
         await engine.dispose()
@@ -108,14 +108,6 @@ async def one_run(url: str, sink: Sink, completions: int, batch_size: int) -> di
     if relay_cpu is not None:
         found["relay_cpu_us_per_completion"] = round(relay_cpu / completions * 1e6, 1)
     return found
-
-
-def _machine_cpu() -> float:
-    """CPU seconds the whole machine spent busy (all cores: this process, PostgreSQL,
-    the broker or the sidecar stand-in, anything else), from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_of(pid: int | None) -> float | None:
