@@ -138,6 +138,28 @@ async def mark(
     await conn.execute(publish, params)
 
 
+async def settle(conn: AsyncConnection, sinks: Sequence[str], now: datetime) -> int:
+    """Publish the completions every one of `sinks` already has: after a sink was taken
+    out of COMPLETION_SINKS, the completions the others had delivered while it was
+    behind are pending for none of them, and nothing else would mark them. Scans the
+    unpublished rows once; the publisher calls it when it starts. Returns how many."""
+    if not sinks:
+        return 0
+    delivered = (
+        select(func.count())
+        .where(deliveries.c.completion_id == outbox.c.id, deliveries.c.sink.in_(list(sinks)))
+        .scalar_subquery()
+    )
+    if conn.dialect.name == "postgresql" and len(sinks) > 1:
+        await conn.execute(_MARK_LOCK, {"lock_class": MARK_LOCK_CLASS})
+    result = await conn.execute(
+        update(outbox)
+        .where(outbox.c.published_at.is_(None), delivered == len(sinks))
+        .values(published_at=now)
+    )
+    return max(0, result.rowcount or 0)
+
+
 @dataclass(frozen=True)
 class Backlog:
     depth: int  # completions not yet published to every sink

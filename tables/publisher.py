@@ -144,8 +144,24 @@ class Publisher:
                 await asyncio.wait_for(sink.close(), timeout)
 
     async def _run(self) -> None:
+        await self._settle()
         loops = [self._sink_loop(sink) for sink in self.sinks]
         await asyncio.gather(*loops, self._gauges(), return_exceptions=True)
+
+    async def _settle(self) -> None:
+        """Completions every configured sink already has are published (a sink taken out
+        of the configuration left them pending for none). Once per start."""
+        try:
+            async with self.engine.begin() as conn:
+                settled = await outbox.settle(conn, self.names, now_utc())
+        except Exception as exc:  # the sink loops run anyway; the next start tries again
+            log.warning("outbox not settled", extra={"error": str(exc)[:300]})
+            return
+        if settled:
+            log.info(
+                "completions every configured sink already had are published",
+                extra={"completions": settled, "sinks": self.names},
+            )
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, cut short by stop()."""

@@ -25,6 +25,7 @@ from app.completions.kafka_sink import MAX_BATCH_BYTES, KafkaSink
 from app.completions.log_sink import LogSink
 from app.completions.relay import RelayedSink
 from app.core.challenges import parse_config
+from app.core.clock import now_utc
 from app.core.settings import async_database_url
 from app.kafka.admin import ensure_topics
 from app.observability import metrics
@@ -173,6 +174,27 @@ async def test_a_sink_that_is_down_holds_up_no_other_and_drains_when_back(engine
     assert sorted(sidecar.ids(), key=int) == [str(r.id) for r in rows]
     assert sidecar.first_arrivals_by_user() == _ids_by_user(rows)
     assert len(_lines(stream)) == 6  # the log sink sent each once
+
+
+async def test_completions_held_back_by_a_sink_taken_out_are_published_at_start(engine):
+    """Two sinks were configured and one fell behind; it is taken out of COMPLETION_SINKS.
+    What the other had delivered is published when the publisher starts with that one
+    sink alone, and is not sent again; the rest goes out as usual."""
+    await _complete(engine, ["h1", "h2"])
+    rows = await completions(engine)
+    held = [r.id for r in rows[:4]]  # the log sink had these; the sidecar had none
+    async with engine.begin() as conn:
+        await outbox.mark(conn, "log", held, ["log", "async-messaging"], now_utc())
+    assert not await _drained(engine)
+    stream = io.StringIO()
+    publisher = _publisher(engine, [LogSink(stream)])
+    publisher.start()
+    try:
+        await wait_for(lambda: _drained(engine), 20, "the outbox published")
+    finally:
+        await publisher.stop()
+    assert [orjson.loads(line)["id"] for line in _lines(stream)] == [str(r.id) for r in rows[4:]]
+    assert all(r.published_at is not None for r in await completions(engine))
 
 
 def _ids_by_user(rows) -> dict[str, list[int]]:
