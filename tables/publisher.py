@@ -102,7 +102,7 @@ class Publisher:
         sinks: Sequence[Sink],
         *,
         rotating: Callable[[str], bool],
-        batch_size: int = 500,
+        batch_size: int = 2000,
         poll_interval: float = 0.5,
         standby_interval: float = 2.0,
         rescan_every: float = 10.0,

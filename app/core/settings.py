@@ -264,7 +264,7 @@ class Settings:
         "COMPLETION_SENDER", "inline", choice("inline", "process"), SENDER_DOC, group="completions"
     )
     completion_batch_size: int = setting(
-        "COMPLETION_BATCH_SIZE", "500", positive_int,
+        "COMPLETION_BATCH_SIZE", "2000", positive_int,
         "completions a publisher reads and sends at a time", group="completions",
     )  # fmt: skip
     completion_poll_interval: float = setting(
