@@ -39,9 +39,8 @@ def _undelivered(sink: str) -> Any:
     return ~exists().where(deliveries.c.completion_id == outbox.c.id, deliveries.c.sink == sink)
 
 
-# The publisher's statements per batch, as constant texts: parsed once, no query
-# built per batch (a multi-row insert built with `.values([...])` was compiled anew for
-# every batch, the largest part of the publisher's CPU).
+# The publisher's statements per batch are constant texts: parsed once, no query built
+# per batch (a multi-row insert built with `.values([...])` is compiled anew each time).
 
 
 def _pending(probe_end: str) -> Any:
@@ -58,11 +57,11 @@ def _pending(probe_end: str) -> Any:
 # A read walks the unpublished ids in order from `after`, probes the delivery key of
 # each, and stops at the limit, whatever the table statistics say. Planned from
 # statistics taken while the tables were small (a fresh install; a backlog grown during
-# a sink outage before autovacuum analyzed it), PostgreSQL read and sorted every
-# unpublished row (a bitmap scan) and ran the NOT EXISTS as a nested loop over every
-# delivery row: a read of 500 took 0.2-0.3 s with 5,000 rows delivered, and more with
-# each. `OFFSET 0` keeps the NOT EXISTS a probe per row; PLANNER, the settings of the
-# publisher's sessions, keeps the ordered index walk.
+# a sink outage before autovacuum analyzed it), PostgreSQL would read and sort every
+# unpublished row (a bitmap scan) and run the NOT EXISTS as a nested loop over every
+# delivery row, so each read would cost more with every row delivered. `OFFSET 0` keeps
+# the NOT EXISTS a probe per row; PLANNER, the settings of the publisher's sessions,
+# keeps the ordered index walk.
 PENDING = {"postgresql": _pending("OFFSET 0"), "sqlite": _pending("")}
 PLANNER = {"enable_bitmapscan": "off", "plan_cache_mode": "force_custom_plan"}
 
