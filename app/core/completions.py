@@ -39,12 +39,6 @@ def rfc3339(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds") + "Z"
 
 
-def event_body(completion: Completion, published_at: datetime, *, rotating: bool) -> dict[str, Any]:
-    """The event as a dict. `rotating`: the goal rotates, so its period is the schedule
-    (a `daily` goal's day is a period of the outbox, not a schedule)."""
-    return _body(completion, rfc3339(published_at), rotating)
-
-
 def encode_batch(
     completions: Sequence[Completion], published_at: datetime, rotating: Callable[[str], bool]
 ) -> list[bytes]:
@@ -62,6 +56,8 @@ def encode_batch(
 
 
 def _body(completion: Completion, timestamp: str, rotating: bool) -> dict[str, Any]:
+    """`rotating`: the goal rotates, so its period is the schedule (a `daily` goal's day
+    is a period of the outbox, not a schedule)."""
     payload: dict[str, Any] = {
         "namespace": completion.namespace,
         "userId": completion.user_id,
@@ -80,10 +76,6 @@ def _body(completion: Completion, timestamp: str, rotating: bool) -> dict[str, A
         "timestamp": timestamp,
         "payload": payload,
     }
-
-
-def encode(body: dict[str, Any]) -> bytes:
-    return orjson.dumps(body)
 
 
 def metadata(completion: Completion, trace_id: str | None = None) -> dict[str, str]:

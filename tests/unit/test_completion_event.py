@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 
-from app.core.completions import Completion, encode, event_body, metadata, rfc3339
+from app.core.completions import Completion, encode_batch, metadata, rfc3339
 
 HOSTILE = [
     'quote"back\\slash',
@@ -30,6 +30,15 @@ def _completion(user: str = "u1", goal: str = "g1", period: bool = True) -> Comp
         period_start=datetime(2026, 11, 30) if period else None,
         period_end=datetime(2026, 12, 7) if period else None,
     )
+
+
+def _encoded(completion: Completion, published_at: datetime, *, rotating: bool) -> bytes:
+    """The event as the publisher encodes it (one batch of one)."""
+    return encode_batch([completion], published_at, lambda _goal: rotating)[0]
+
+
+def event_body(completion: Completion, published_at: datetime, *, rotating: bool) -> dict:
+    return orjson.loads(_encoded(completion, published_at, rotating=rotating))
 
 
 def test_the_body_has_the_goal_completed_shape():
@@ -61,7 +70,7 @@ def test_only_rotating_goals_carry_a_schedule():
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_hostile_ids_come_back_exactly(hostile):
-    body = encode(event_body(_completion(hostile, hostile), datetime(2026, 12, 6), rotating=False))
+    body = _encoded(_completion(hostile, hostile), datetime(2026, 12, 6), rotating=False)
     decoded = orjson.loads(body)
     assert decoded["userId"] == decoded["payload"]["userId"] == hostile
     assert decoded["payload"]["goalCode"] == hostile
